@@ -1,0 +1,26 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [
+    line.strip()
+    for line in (here / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="ipl",
+    version="0.1.0",
+    description=(
+        "Zero-shot generative model adaptation via image-specific prompt "
+        "learning (IPL, CVPR 2023) on StyleGAN2"
+    ),
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ipl", "ipl.*", "stylegan2", "stylegan2.*"]),
+    # The CUDA/C++ sources are compiled on first use, so they ship as data.
+    package_data={"stylegan2.ops": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
+    install_requires=requirements,
+)

@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir():
+    """The reference data folder that CI places beside the checkout."""
+    return Path(os.environ.get("IPL_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared():
+    path = shared_dir()
+    if not (path / "fixtures").is_dir():
+        pytest.fail(
+            f"reference fixtures not found at {path}/fixtures: these tests need the "
+            "'shared' folder beside the checkout (or IPL_SHARED pointing at it)"
+        )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
