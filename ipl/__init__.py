@@ -1,0 +1,1 @@
+"""IPL: zero-shot generative model adaptation via image-specific prompt learning."""
