@@ -1,0 +1,42 @@
+"""Convert an NVIDIA stylegan2-ada-pytorch pickle into a generator checkpoint, safely.
+
+    python scripts/convert_nvidia_pkl.py ffhq.pkl pretrained/ffhq.pt
+
+No code from the pickle runs: it is read with an allow-list unpickler (see
+stylegan2/nvidia.py). The output holds the reference port's ``g_ema`` and
+``latent_avg`` plus the generator config and the source file's SHA-256; load
+it with ``stylegan2.load_generator``.
+"""
+
+import argparse
+import sys
+import warnings
+
+from stylegan2.checkpoint import CheckpointError
+from stylegan2.nvidia import convert_nvidia_pickle
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="NVIDIA network pickle (.pkl)")
+    parser.add_argument("output", help="checkpoint to write (.pt)")
+    parser.add_argument("--network", default="G_ema", help="entry of the pickle to convert (default: G_ema)")
+    args = parser.parse_args(argv)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            _, latent_avg, meta = convert_nvidia_pickle(args.input, args.output, network=args.network)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    res = meta["resolution"]
+    print(
+        f"wrote {args.output}: {res}x{res} generator, channel multiplier {meta['channel_multiplier']}, "
+        f"latent_avg {'present' if latent_avg is not None else 'absent'}, source sha256 {meta['source_sha256']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
