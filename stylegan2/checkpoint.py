@@ -383,16 +383,16 @@ def _config_str(config):
 
 
 def _resolve(path_or_name, download, pretrained_dir, base_url, progress):
+    """``(path, registry name or None)`` of a file path or a pretrained model name."""
     path = Path(path_or_name)
     if path.is_file():
-        return path
+        return path, None
     from . import pretrained  # late: pretrained imports this module
 
     name = str(path_or_name)
     if name in pretrained.REGISTRY:
-        return pretrained.checkpoint_path(
-            name, root=pretrained_dir, download=download, base_url=base_url, progress=progress
-        )
+        path = pretrained.checkpoint_path(name, root=pretrained_dir, download=download, base_url=base_url, progress=progress)
+        return path, name
     if path.stem in pretrained.REGISTRY:
         raise CheckpointError(
             f"checkpoint not found: {path}. To get the pretrained '{path.stem}' model run: "
@@ -425,7 +425,7 @@ def load_generator(path_or_name, device="cpu", *, download=False, pretrained_dir
         reference port's files) and ``extra`` (other plain top-level entries,
         e.g. a training step).
     """
-    path = _resolve(path_or_name, download, pretrained_dir, base_url, progress)
+    path, registry_name = _resolve(path_or_name, download, pretrained_dir, base_url, progress)
     checkpoint = read_checkpoint(path)
     state_dict, _ = _generator_state(checkpoint, path)
 
@@ -462,6 +462,10 @@ def load_generator(path_or_name, device="cpu", *, download=False, pretrained_dir
         latent_avg = latent_avg.to(device, torch.float32)
 
     meta = checkpoint.get("meta")
+    if registry_name is not None:
+        from . import pretrained
+
+        pretrained.check_provenance(registry_name, path, meta if isinstance(meta, dict) else {}, pretrained_dir)
     skip = set(RESERVED_KEYS) | {"g", "d", "g_optim", "d_optim"}
     extra = {k: v for k, v in checkpoint.items() if k not in skip} if file_format != "state_dict" else {}
     if isinstance(extra.get("args"), argparse.Namespace):
