@@ -1,7 +1,5 @@
 """IS, Frechet distance and SIFID: mathematical properties and the real Inception-v3 layout."""
 
-import itertools
-
 import numpy as np
 import pytest
 import scipy.linalg

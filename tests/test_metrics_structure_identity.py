@@ -78,7 +78,8 @@ def test_hed_loads_a_state_dict_with_the_published_key_names(tmp_path):
     assert len(keys) == 2 * 13 + 2 * 5 + 2  # 13 VGG16 convs, 5 side outputs, fuse
     g = torch.Generator().manual_seed(0)
     state = {k: torch.randn(shape, generator=g) for k, shape in keys.items()}
-    torch.save(state, tmp_path / "network-bsds500.pytorch")
+    # The published file predates PyTorch's zip format: save in the legacy one.
+    torch.save(state, tmp_path / "network-bsds500.pytorch", _use_new_zipfile_serialization=False)
     model = load_hed(tmp_path / "network-bsds500.pytorch")
     loaded = model.state_dict()
     assert torch.equal(loaded["netVggThr.5.weight"], state["moduleVggThr.5.weight"])
@@ -165,7 +166,7 @@ def test_arcface_loads_a_state_dict_with_the_published_key_names(tmp_path):
     assert "body.3.shortcut_layer.0.weight" in keys and "body.0.shortcut_layer.0.weight" not in keys
     assert keys["body.23.res_layer.5.fc1.weight"] == (32, 512, 1, 1)
     state = {k: torch.rand(shape) + 0.5 for k, shape in keys.items()}  # positive running_var
-    torch.save(state, tmp_path / "model_ir_se50.pth")
+    torch.save(state, tmp_path / "model_ir_se50.pth", _use_new_zipfile_serialization=False)
     extractor = load_arcface(tmp_path / "model_ir_se50.pth")
     loaded = extractor.backbone.state_dict()
     assert torch.equal(loaded["body.21.shortcut_layer.0.weight"], state["body.21.shortcut_layer.0.weight"])

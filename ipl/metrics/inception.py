@@ -7,7 +7,6 @@ Google's TensorFlow model and expect inputs in [-1, 1]; torchvision's
 The metrics feed [-1, 1] images directly, so ``transform_input=False``.
 """
 
-import torch
 import torchvision
 from torch import nn
 from torchvision.models.inception import BasicConv2d
