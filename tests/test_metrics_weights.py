@@ -13,7 +13,7 @@ from ipl.metrics.weights import load_state_dict_file, load_strict
 def _isolated_lookup(tmp_path, monkeypatch):
     """No weights directory, environment variable or torch.hub cache from the machine."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("IPL_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("IPL_PRETRAINED_DIR", str(tmp_path / "weights"))
     for entry in WEIGHTS.values():
         monkeypatch.delenv(entry.env_var, raising=False)
 

@@ -8,7 +8,8 @@ published. ``resolve_weights`` finds a file in this order:
 1. the ``path`` given to the loader;
 2. the file's environment variable (e.g. ``IPL_INCEPTION_WEIGHTS``);
 3. ``<weights_dir>/<filename>``, where ``weights_dir`` defaults to
-   ``$IPL_WEIGHTS_DIR`` or ``./pretrained``;
+   ``$IPL_PRETRAINED_DIR``, else the repository's ``pretrained/`` folder
+   (the folder that also holds the source generators);
 4. torch.hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where
    torchvision and lpips keep the files they downloaded;
 5. with ``download=True`` and a direct URL, a download into ``weights_dir``.
@@ -121,9 +122,13 @@ class MissingWeightsError(FileNotFoundError):
     """A weight file was not found; the message says where to get it."""
 
 
+ENV_DIR = "IPL_PRETRAINED_DIR"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "pretrained"
+
+
 def default_weights_dir():
-    """``$IPL_WEIGHTS_DIR``, else ``./pretrained``."""
-    return Path(os.environ.get("IPL_WEIGHTS_DIR", "pretrained"))
+    """``$IPL_PRETRAINED_DIR``, else the repository's ``pretrained/`` folder."""
+    return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
 
 
 def _entry(key_or_entry):
