@@ -258,6 +258,11 @@ def download_file(url, dest, expected_sha256=None, expected_size=None, progress=
                             break
                         f.write(block)
                         bar.update(len(block))
+    except urllib.error.HTTPError as e:
+        raise DownloadError(
+            f"download of {url} failed: the server answered {e.code} {e.reason}. "
+            f"Check the address (--base-url / ${ENV_URL}) or try again later."
+        ) from None
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
         kept = part.stat().st_size if part.is_file() else 0
         raise DownloadError(
