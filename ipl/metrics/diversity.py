@@ -148,6 +148,7 @@ def compute_intra_cluster_lpips(
             [_pair_distances(lpips_model, x, c.expand_as(x), chunk_size) for c in centers[:, None]], dim=1
         )  # (B, K)
         for image, k in zip(x.cpu(), distances.argmin(dim=1).tolist()):
+            image = image.clone()  # a view would keep its whole batch alive
             # Reservoir sampling keeps a uniform subset of max_per_cluster members.
             n = seen[k]
             seen[k] += 1

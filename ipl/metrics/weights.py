@@ -35,11 +35,12 @@ class WeightFile:
     filename: str  # the name the publisher gives the file
     description: str  # what the file holds and which metric uses it
     env_var: str  # environment variable that may hold the file's path
-    loader: str  # the function that loads it (named in error messages)
+    loader: str  # the function(s) that load it (named in error messages)
     source: str  # the page that publishes the file
     url: Optional[str] = None  # direct download URL; None when only a web page exists
     sha256: Optional[str] = None  # full SHA-256, where published
     sha256_prefix: Optional[str] = None  # SHA-256 prefix encoded in the file name
+    path_arg: str = "path"  # the loader argument that takes the file's path
 
 
 WEIGHTS = {
@@ -50,7 +51,7 @@ WEIGHTS = {
             filename="inception_v3_google-0cc3c7bd.pth",
             description="torchvision Inception-v3, ImageNet-1k (1000 classes): IS, SIFID",
             env_var="IPL_INCEPTION_WEIGHTS",
-            loader="load_inception / load_sifid_stem",
+            loader="load_inception or load_sifid_stem",
             source="torchvision.models.Inception_V3_Weights.IMAGENET1K_V1",
             url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
             sha256_prefix="0cc3c7bd",
@@ -100,6 +101,7 @@ WEIGHTS = {
             description="torchvision VGG16 (ImageNet), the LPIPS 'vgg' backbone: intra-cluster LPIPS",
             env_var="IPL_LPIPS_VGG_WEIGHTS",
             loader="load_lpips",
+            path_arg="backbone_path",
             source="torchvision.models.VGG16_Weights.IMAGENET1K_V1",
             url="https://download.pytorch.org/models/vgg16-397923af.pth",
             sha256_prefix="397923af",
@@ -110,6 +112,7 @@ WEIGHTS = {
             description="torchvision AlexNet (ImageNet), the LPIPS 'alex' backbone",
             env_var="IPL_LPIPS_ALEX_WEIGHTS",
             loader="load_lpips",
+            path_arg="backbone_path",
             source="torchvision.models.AlexNet_Weights.IMAGENET1K_V1",
             url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
             sha256_prefix="7be5be79",
@@ -151,11 +154,11 @@ def _how_to_get(entry, weights_dir):
     elif entry.sha256_prefix:
         lines.append(f"  sha256 starts with: {entry.sha256_prefix}")
     lines.append(
-        f"  then:    pass its path to {entry.loader}(path=...), set {entry.env_var}=/path/to/file, "
+        f"  then:    pass {entry.path_arg}=/path/to/file to {entry.loader}, set {entry.env_var}=/path/to/file, "
         f"or place it at {weights_dir / entry.filename}"
     )
     if entry.url:
-        lines.append(f"  or:      call {entry.loader}(..., download=True) on a machine with internet")
+        lines.append(f"  or:      pass download=True to {entry.loader} on a machine with internet")
     return "\n".join(lines)
 
 
