@@ -59,6 +59,14 @@ class ClipConfig:
 
 @dataclass(frozen=True)
 class PromptConfig:
+    # Where Stage 2's text directions come from (the paper's Fig. 6 set):
+    # "adaptive": per-image prompts from the latent mapper (IPL);
+    # "manual": one direction from the 79 ImageNet templates (NADA);
+    # "learned_fixed": one learned prompt set shared by every image (CoOp style);
+    # "random": an untrained, seeded mapper.
+    # Stage 1 trains the mapper (adaptive) or the shared prompts (learned_fixed)
+    # and is skipped for the other two.
+    scheme: Literal["adaptive", "manual", "learned_fixed", "random"] = "adaptive"
     source_class: str = "photo"
     target_class: str = "disney"
     # Its word count sets the number m of learned prompt vectors, and it forms
@@ -78,9 +86,6 @@ class MapperConfig:
 
 @dataclass(frozen=True)
 class Stage1Config:
-    # "adaptive": the latent mapper (IPL). "learned_fixed": one shared prompt
-    # set trained by the same loop (CoOp style, Fig. 6 ablation).
-    scheme: Literal["adaptive", "learned_fixed"] = "adaptive"
     iterations: int = 300
     batch: int = 32
     lr: float = 0.05
@@ -104,10 +109,6 @@ class Stage1Config:
 
 @dataclass(frozen=True)
 class Stage2Config:
-    # "adaptive": per-image directions from the mapper (IPL). "manual": one
-    # direction from the 79 ImageNet templates (NADA). "learned_fixed": one
-    # learned shared prompt set. "random": an untrained, seeded mapper.
-    prompt_scheme: Literal["adaptive", "manual", "learned_fixed", "random"] = "adaptive"
     # Hand-written text added to the learned prompt features in Stage 2.
     # "ctx_init": the official code's, ctx_init alone with no label, identical
     # for source and target. "template": ctx_init + " {label}." as in Stage 1.

@@ -79,3 +79,49 @@ class PromptTextEncoder(nn.Module):
         x = torch.cat([self.prompt_embeddings(ctx, i) for i in labels])  # (n_labels * B, L, k)
         eot = torch.cat([self.eot[i].expand(batch) for i in labels])  # (n_labels * B,)
         return self.clip.encode_embeddings(x, eot).view(len(labels), batch, -1)
+
+
+@torch.no_grad()
+def text_constants(clip_model, source_class, target_class, ctx_init):
+    """Text features that never change during a run, computed once.
+
+    Returns a dict of float32 tensors:
+        ``source_templates`` / ``target_templates`` ``(D,)``: mean of the
+            normalised features of the 79 ImageNet templates (not
+            re-normalised), the official domain-regularisation anchors;
+        ``source_template_features`` / ``target_template_features`` ``(79, D)``:
+            the normalised template features themselves (NADA's direction);
+        ``template`` ``(2, D)``: un-normalised features of the Stage-1
+            hand-written prompts ``ctx_init + " {label}."`` (source, target);
+        ``ctx_init`` ``(D,)``: un-normalised feature of ``ctx_init`` alone,
+            the official Stage-2 hand-written text;
+        ``target_label`` ``(D,)``: E_T(Y_t), the target label alone (Eq. 5).
+    """
+    source_t = clip_model.template_features(source_class)
+    target_t = clip_model.template_features(target_class)
+    return {
+        "source_templates": source_t.mean(0),
+        "target_templates": target_t.mean(0),
+        "source_template_features": source_t,
+        "target_template_features": target_t,
+        "template": clip_model.encode_text([f"{ctx_init} {source_class}.", f"{ctx_init} {target_class}."]),
+        "ctx_init": clip_model.encode_text([ctx_init])[0],
+        "target_label": clip_model.encode_text([target_class])[0],
+    }
+
+
+def prompt_features(encoder, ctx, handwritten=None):
+    """Normalised source and target prompt features ``(B, D)`` each.
+
+    Args:
+        encoder: A :class:`PromptTextEncoder` over ``[source, target]``.
+        ctx: Prompt vectors ``(B, m, k)``.
+        handwritten: ``None`` (paper: learned prompts alone) or un-normalised
+            hand-written features ``(2, D)`` for (source, target), added
+            before normalising (official).
+    """
+    features = encoder(ctx)  # (2, B, D)
+    if handwritten is not None:
+        features = features + handwritten[:, None]
+    features = features / features.norm(dim=-1, keepdim=True)
+    return features[0], features[1]

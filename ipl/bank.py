@@ -1,0 +1,121 @@
+"""Source-feature bank: ``(w, E_I(G_s(w)))`` pairs rendered once, reused by every run.
+
+Stage 1 needs, per latent, only ``w`` and the CLIP image feature of the
+source image ``G_s(w)``; neither depends on the target domain. Rendering them
+is almost all of Stage 1's cost at 1024 px, so the bank renders the exact
+latent stream a fresh run would draw (same seed, same per-step batches), once,
+and caches it on disk under a key made of everything the pairs depend on. All
+target domains of one source generator then share one bank, and each step
+takes its batch from it without replacement, in order.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .runtime import LatentSampler, atomic_save
+
+BANK_FORMAT = 1
+
+
+@torch.no_grad()
+def render_features(generator, clip_model, w, chunk, antialias=False):
+    """CLIP image features ``(N, D)`` of ``G(w)``, rendered ``chunk`` images at a time.
+
+    The images exist only one chunk at a time, so peak memory does not grow
+    with N. Noise is drawn fresh (``randomize_noise=True``), as in training.
+    """
+    features = []
+    for part in w.split(max(1, chunk)):
+        images = generator([part], input_is_latent=True, randomize_noise=True)[0]
+        features.append(clip_model.encode_images(images, antialias=antialias))
+    return torch.cat(features)
+
+
+def latents_to_w(generator, z, truncation=1.0, truncation_latent=None):
+    """W codes of Z codes, truncated towards ``truncation_latent`` when < 1."""
+    with torch.no_grad():
+        w = generator.style(z)
+        if truncation < 1:
+            w = truncation_latent + truncation * (w - truncation_latent)
+    return w
+
+
+def bank_key(fields):
+    """Short stable hash of the fields a bank depends on."""
+    blob = json.dumps(fields, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class SourceBank:
+    """In-memory bank: ``w (N, style_dim)`` and ``features (N, D)`` on the CPU."""
+
+    def __init__(self, fields, w, features):
+        self.fields = fields
+        self.w = w
+        self.features = features
+
+    def __len__(self):
+        return self.w.shape[0]
+
+    def batch(self, step, batch, device):
+        """The pairs of training step ``step`` (the step-th block of ``batch``)."""
+        lo, hi = step * batch, (step + 1) * batch
+        if hi > len(self):
+            raise IndexError(f"the bank holds {len(self)} pairs; step {step} needs pairs {lo}..{hi - 1}")
+        return self.w[lo:hi].to(device), self.features[lo:hi].to(device)
+
+    def state(self):
+        return {"format": BANK_FORMAT, "fields": self.fields, "w": self.w, "features": self.features}
+
+
+def load_bank(path, fields):
+    """The bank at ``path`` if it was built for ``fields``, else ``None``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # a damaged cache entry is rebuilt, not trusted
+    if data.get("format") != BANK_FORMAT or data.get("fields") != fields:
+        return None
+    return SourceBank(fields, data["w"], data["features"])
+
+
+def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncation=1.0, truncation_latent=None, chunk=8, antialias=False, save_every=32, progress=True):
+    """Load the bank at ``path`` or render the missing pairs, saving as it goes.
+
+    A bank of ``steps * batch`` pairs holds exactly the latents that a fresh
+    Stage-1 run with this ``seed`` and ``batch`` draws, in order; a bank
+    already holding more serves any shorter run, and an interrupted build
+    resumes where its last save left it.
+
+    Returns:
+        :class:`SourceBank` with at least ``steps * batch`` pairs.
+    """
+    device = next(generator.parameters()).device
+    bank = load_bank(path, fields)
+    have = len(bank) // batch if bank is not None else 0
+    if have >= steps:
+        return bank
+    ws = [bank.w] if bank is not None else []
+    feats = [bank.features] if bank is not None else []
+    sampler = LatentSampler(seed, batch, generator.style_dim)
+    for _ in range(have):  # skip what the bank already holds
+        sampler()
+    bar = tqdm(total=steps * batch, initial=have * batch, desc="source-feature bank", unit="img", disable=not progress)
+    for step in range(have, steps):
+        w = latents_to_w(generator, sampler().to(device), truncation, truncation_latent)
+        ws.append(w.cpu())
+        feats.append(render_features(generator, clip_model, w, chunk, antialias).cpu())
+        bar.update(batch)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            bank = SourceBank(fields, torch.cat(ws), torch.cat(feats))
+            ws, feats = [bank.w], [bank.features]
+            atomic_save(bank.state(), path)
+    bar.close()
+    return bank

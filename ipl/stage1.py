@@ -1,0 +1,175 @@
+"""Stage 1: image-specific prompt learning (train the latent mapper F).
+
+Each step: latents w -> prompt vectors F(w) -> source and target prompt
+features (one batched text-encoder call) -> contrastive loss against the CLIP
+features of G_s(w) plus lambda times the domain regularisation (Eq. 6).
+"""
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import config as config_lib
+from .bank import latents_to_w, render_features
+from .losses import stage1_losses
+from .mapper import build_prompt_model
+from .prompts import PromptTextEncoder, prompt_features, text_constants
+from .runtime import (
+    CHECKPOINT_FORMAT,
+    LatentSampler,
+    StatsLog,
+    atomic_save,
+    check_finite,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+
+# The prompt schemes whose prompts Stage 1 learns.
+STAGE1_SCHEMES = ("adaptive", "learned_fixed")
+
+
+def ctx_init_embedding(clip_model, ctx_init, n_ctx):
+    """Token embeddings ``(m, k)`` of the ``ctx_init`` words (CoOp's initial prompts)."""
+    with torch.no_grad():
+        return clip_model.embed_tokens(clip_model.tokenize([ctx_init]))[0, 1 : 1 + n_ctx].float()
+
+
+def prompt_model_meta(config, generator, clip_model, n_ctx):
+    """What a saved prompt model needs to be rebuilt without flags."""
+    return {
+        "scheme": config.prompt.scheme,
+        "w_dim": generator.style_dim,
+        "n_ctx": n_ctx,
+        "token_dim": clip_model.token_dim,
+        "ctx_init": config.prompt.ctx_init,
+        "source_class": config.prompt.source_class,
+        "target_class": config.prompt.target_class,
+        "clip_model": config.clip.model,
+    }
+
+
+def load_prompt_model(path, device="cpu"):
+    """Rebuild a Stage-1 prompt model from ``mapper.pt``; returns ``(model, checkpoint)``."""
+    ckpt = load_checkpoint(path, "mapper")
+    meta = ckpt["prompt"]
+    config = config_lib.from_dict(ckpt["config"])
+    init = torch.zeros(meta["n_ctx"], meta["token_dim"])  # overwritten by the state dict
+    model = build_prompt_model(meta["scheme"], meta["w_dim"], meta["n_ctx"], meta["token_dim"], config.mapper, init)
+    model.load_state_dict(ckpt["mapper"])
+    return model.to(device).eval().requires_grad_(False), ckpt
+
+
+def train_mapper(config, generator, clip_model, run_dir, device, bank=None, truncation_latent=None, resume=False, progress=True):
+    """Train the Stage-1 prompt model and write ``run_dir/mapper.pt``.
+
+    Args:
+        config: The run's :class:`ipl.config.Config` (``stage1``, ``prompt``,
+            ``mapper``, ``clip.antialias``, ``generator.render_chunk`` are used).
+        generator: The frozen source generator G_s (on ``device``).
+        clip_model: :class:`ipl.clip.FrozenCLIP` (on ``device``).
+        run_dir: Output folder (``mapper.pt``, ``stats_stage1.jsonl``).
+        bank: A :class:`ipl.bank.SourceBank` to draw (w, feature) pairs from,
+            or ``None`` to render fresh images every step.
+        truncation_latent: Mean W, needed when ``stage1.truncation < 1``.
+        resume: Continue from ``run_dir/mapper.pt`` if it exists.
+
+    Returns:
+        Path of the final checkpoint.
+    """
+    c1, prompt = config.stage1, config.prompt
+    if prompt.scheme not in STAGE1_SCHEMES:
+        raise ValueError(f"prompt.scheme {prompt.scheme!r} learns no prompts: Stage 1 is for {' and '.join(STAGE1_SCHEMES)}")
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "mapper.pt"
+    antialias, chunk = config.clip.antialias, config.generator.render_chunk
+
+    # Text that never changes: templates and hand-written prompts, once.
+    encoder = PromptTextEncoder(clip_model, prompt.ctx_init, [prompt.source_class, prompt.target_class])
+    constants = text_constants(clip_model, prompt.source_class, prompt.target_class, prompt.ctx_init)
+    handwritten = constants["template"] if c1.handwritten == "template" else None
+    logit_scale = clip_model.logit_scale
+
+    # The prompt model (mapper or one shared prompt set) and its optimiser.
+    n_ctx = encoder.n_ctx
+    model = build_prompt_model(
+        config.prompt.scheme,
+        generator.style_dim,
+        n_ctx,
+        clip_model.token_dim,
+        config.mapper,
+        ctx_init_embedding(clip_model, prompt.ctx_init, n_ctx),
+        seed=c1.seed,
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=c1.lr)
+
+    # Latents: the same seeded stream in "bank" and "fresh" modes.
+    torch.manual_seed(c1.seed)  # rendering noise of fresh images
+    sampler = LatentSampler(c1.seed, c1.batch, generator.style_dim)
+    start = 0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, "mapper")
+        model.load_state_dict(ckpt["mapper"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"], sampler)
+        start = ckpt["step"]
+    log = StatsLog(run_dir / "stats_stage1.jsonl", resume=start > 0)
+    log.truncate_after(start)
+
+    def save(step):
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": config_lib.to_dict(config),
+                "step": step,
+                "prompt": prompt_model_meta(config, generator, clip_model, n_ctx),
+                "mapper": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(sampler),
+            },
+            ckpt_path,
+        )
+
+    bar = tqdm(range(start, c1.iterations), desc="stage 1", initial=start, total=c1.iterations, disable=not progress)
+    tick = time.time()
+    for step in bar:
+        # Source pairs (w, E_I(G_s(w))): from the bank, or rendered now.
+        if bank is not None:
+            w, image_features = bank.batch(step, c1.batch, device)
+        else:
+            w = latents_to_w(generator, sampler().to(device), c1.truncation, truncation_latent)
+            image_features = render_features(generator, clip_model, w, chunk, antialias)
+
+        # Prompts -> features of every source and target prompt in one call.
+        source, target = prompt_features(encoder, model(w), handwritten)
+        terms = stage1_losses(
+            image_features,
+            source,
+            target,
+            constants,
+            contrastive=c1.contrastive_loss,
+            domain=c1.domain_loss,
+            lambda_domain=c1.lambda_domain,
+            lambda_src=c1.lambda_src,
+            logit_scale=logit_scale,
+        )
+        values = {k: v.item() for k, v in terms.items()}
+        check_finite(step, values, ckpt_path)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+
+        done = step + 1
+        bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+        if done % c1.log_every == 0 or done == c1.iterations:
+            now = time.time()
+            log.write(done, **values, sec_per_iter=round((now - tick) / c1.log_every, 4))
+            tick = now
+        if done % c1.checkpoint_every == 0 or done == c1.iterations:
+            save(done)
+    bar.close()
+    if start >= c1.iterations and not ckpt_path.exists():
+        save(start)
+    return ckpt_path

@@ -1,0 +1,26 @@
+"""Adapt a pretrained StyleGAN2 to a target domain: Stage 1 then Stage 2, one run directory.
+
+    python scripts/adapt.py --config configs/ffhq_elf.yaml
+    python scripts/adapt.py --config configs/tiny.yaml          # offline demo, ~1 min on a CPU
+
+Downloads and converts the source generator and CLIP on first use. A complete
+Stage-1 checkpoint in the run directory is reused; interrupted stages resume
+(pass --restart to start both stages over).
+"""
+
+from ipl import cli
+from ipl.pipeline import Session
+
+
+def main():
+    parser = cli.config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--restart", action="store_true", help="ignore checkpoints already in the run directory")
+    args = parser.parse_args()
+    session = Session(cli.load(args), progress=not args.no_progress)
+    path = session.adapt(resume=not args.restart)
+    print(f"adapted generator: {path}")
+    print(f"samples: {session.run_dir / 'samples'}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
