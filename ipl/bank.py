@@ -111,7 +111,11 @@ def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncati
     for step in range(have, steps):
         w = latents_to_w(generator, sampler().to(device), truncation, truncation_latent)
         ws.append(w.cpu())
-        feats.append(render_features(generator, clip_model, w, chunk, antialias).cpu())
+        # Seeded rendering noise per step: a bank is a function of its fields,
+        # however often and in however many sessions it is built.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed * 1_000_003 + step)
+            feats.append(render_features(generator, clip_model, w, chunk, antialias).cpu())
         bar.update(batch)
         if (step + 1) % save_every == 0 or step + 1 == steps:
             bank = SourceBank(fields, torch.cat(ws), torch.cat(feats))

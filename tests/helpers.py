@@ -1,0 +1,58 @@
+"""Tiny models and configs shared by the stage tests."""
+
+import math
+
+import torch
+
+from ipl import config as config_lib
+from ipl.build import build_clip, build_source_generator, mean_latent
+
+# The tiny config of the demo, made smaller still so that a test runs in seconds.
+TINY_OVERRIDES = [
+    "device=cpu",
+    "generator.checkpoint=random",
+    "generator.size=16",
+    "generator.style_dim=16",
+    "generator.n_mlp=2",
+    "generator.channel_multiplier=1",
+    "generator.channel_max=16",
+    "generator.render_chunk=8",
+    "clip.model=tiny",
+    "prompt.source_class=human",
+    "prompt.target_class=tolkien elf",
+    "mapper.hidden_dim=16",
+    "stage1.batch=4",
+    "stage1.iterations=6",
+    "stage1.checkpoint_every=3",
+    "stage1.log_every=2",
+    "stage2.batch=2",
+    "stage2.iterations=4",
+    "stage2.auto_layer_batch=2",
+    "stage2.n_sample=2",
+    "stage2.output_interval=2",
+    "stage2.checkpoint_every=2",
+    "stage2.log_every=2",
+]
+
+
+def tiny_config(tmp_path, *overrides):
+    return config_lib.load_config(
+        None, TINY_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *overrides]
+    )
+
+
+class Tiny:
+    """A tiny source generator and CLIP built from a config."""
+
+    def __init__(self, config):
+        self.config = config
+        self.generator, self.info = build_source_generator(config.generator, "cpu")
+        self.clip = build_clip(config.clip, "cpu")
+        self.derived = config_lib.resolve(config, self.generator.size)
+        self.truncation_latent = mean_latent(self.generator)
+
+
+def naive_equal_linear(x, layer):
+    """EqualLinear + fused leaky ReLU written out from the weights."""
+    y = x @ (layer.weight * layer.lr_mul / math.sqrt(layer.weight.shape[1])).t() + layer.bias * layer.lr_mul
+    return torch.nn.functional.leaky_relu(y, 0.2) * math.sqrt(2)
