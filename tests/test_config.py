@@ -1,0 +1,106 @@
+"""Config: layering, validation with dotted paths, derived values, the shipped configs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ipl import config as config_lib
+from ipl.config import ConfigError, load_config, resolve
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TABLE1 = [
+    ("ffhq_disney", "ffhq", "photo", "disney"),
+    ("ffhq_anime", "ffhq", "photo", "anime painting"),
+    ("ffhq_wall_painting", "ffhq", "photo", "wall painting"),
+    ("ffhq_ukiyoe", "ffhq", "photo", "ukiyo-e"),
+    ("ffhq_pixar", "ffhq", "human", "pixar character"),
+    ("ffhq_elf", "ffhq", "human", "tolkien elf"),
+    ("ffhq_werewolf", "ffhq", "human", "werewolf"),
+    ("afhqdog_cartoon", "afhqdog", "photo", "cartoon"),
+    ("afhqdog_pointillism", "afhqdog", "photo", "pointillism"),
+    ("afhqdog_cubism", "afhqdog", "photo", "cubism"),
+]
+
+
+def write(tmp_path, data):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_are_the_authors_settings():
+    c = config_lib.Config()
+    assert (c.stage1.iterations, c.stage1.batch, c.stage1.lr, c.stage1.seed) == (300, 32, 0.05, 3)
+    assert (c.stage2.iterations, c.stage2.batch, c.stage2.lr, c.stage2.seed, c.stage2.ema_decay) == (300, 2, 0.002, 2, 0.99)
+    assert c.stage1.contrastive_loss == c.stage1.domain_loss == "official" and c.stage1.lambda_src == 0
+    assert c.stage1.handwritten == "template" and c.stage2.handwritten == "ctx_init"
+    assert c.clip.model == "ViT-B/32" and c.clip.antialias is False
+    assert (c.stage2.auto_layer_batch, c.stage2.auto_layer_iters, c.stage2.auto_layer_lr) == (8, 1, 0.01)
+    assert c.stage2.layer_selection_every == 1 and c.stage2.layer_mapping == "official"
+    assert c.mapper == config_lib.MapperConfig(n_hidden=3, hidden_dim=512, lr_mul=0.01)
+
+
+@pytest.mark.parametrize("size,k", [(1024, 12), (512, 10), (256, 9), (16, 4)])
+def test_derived_layer_count_and_optimiser(size, k):
+    d = resolve(config_lib.Config(), size)
+    assert d.auto_layer_k == k == int(2 * (2 * {1024: 10, 512: 9, 256: 8, 16: 4}[size] - 2) / 3)
+    assert d.n_ctx == 4 and d.n_latent == 2 * {1024: 10, 512: 9, 256: 8, 16: 4}[size] - 2
+    assert d.stage2_lr == pytest.approx(0.0016)
+    assert d.stage2_betas == (0.0, pytest.approx(0.99**0.8))
+
+
+def test_layering_defaults_file_overrides(tmp_path):
+    path = write(tmp_path, {"stage1": {"lr": 0.1, "batch": 8}, "prompt": {"target_class": "werewolf"}})
+    c = load_config(path, ["stage1.lr=0.2", "prompt.source_class=human being", "stage2.chunk=1"])
+    assert (c.stage1.lr, c.stage1.batch, c.stage2.chunk) == (0.2, 8, 1)
+    assert (c.prompt.source_class, c.prompt.target_class) == ("human being", "werewolf")
+    assert c.name == "c" and c.stage1.iterations == 300
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"stage1": {"lambda_domian": 1}}, r"unknown config key 'stage1.lambda_domian'; did you mean 'stage1.lambda_domain'"),
+        ({"stag1": {"lr": 1}}, r"unknown config key 'stag1'; did you mean 'stage1'"),
+        ({"stage1": {"batch": 3.5}}, r"stage1.batch: expected an integer"),
+        ({"stage1": {"batch": True}}, r"stage1.batch: expected an integer"),
+        ({"clip": {"antialias": "yes"}}, r"clip.antialias: expected true/false"),
+        ({"prompt": {"scheme": "nada"}}, r"prompt.scheme: 'nada' is not one of 'adaptive', 'manual'"),
+        ({"stage2": 3}, r"stage2: expected a mapping"),
+    ],
+)
+def test_bad_config_names_the_dotted_path(tmp_path, data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, data))
+
+
+def test_bad_override_is_reported():
+    with pytest.raises(ConfigError, match="did you mean 'stage2.ema_decay'"):
+        load_config(None, ["stage2.ema_decy=0.9"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["stage2.ema_decay"])
+    with pytest.raises(ConfigError, match="auto_layer_k: must be between 1 and 18"):
+        resolve(load_config(None, ["stage2.auto_layer_k=19"]), 1024)
+
+
+def test_ints_are_accepted_for_floats_and_round_trip(tmp_path):
+    c = load_config(None, ["stage1.lambda_domain=10"])
+    assert c.stage1.lambda_domain == 10.0 and isinstance(c.stage1.lambda_domain, float)
+    path = tmp_path / "saved.yaml"
+    config_lib.save_config(c, path)
+    assert load_config(path) == c
+
+
+@pytest.mark.parametrize("name,generator,source,target", TABLE1)
+def test_table1_configs(name, generator, source, target):
+    c = load_config(CONFIGS / f"{name}.yaml")
+    assert (c.name, c.generator.checkpoint, c.prompt.source_class, c.prompt.target_class) == (name, generator, source, target)
+    assert c.prompt.ctx_init == "a photo of a" and c.prompt.scheme == "adaptive"
+    assert c.stage1 == config_lib.Stage1Config(lambda_domain=c.stage1.lambda_domain)
+    assert c.stage1.lambda_domain in (1.0, 10.0)
+
+
+def test_tiny_config_needs_no_downloads():
+    c = load_config(CONFIGS / "tiny.yaml")
+    assert c.generator.checkpoint == "random" and c.clip.model == "tiny" and c.device == "cpu"

@@ -1,0 +1,81 @@
+"""The one-command pipeline: end to end on the tiny config, reuse, and clean errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from ipl.config import load_config
+from stylegan2 import load_generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def adapt(tmp_path, *overrides):
+    args = ["--set", f"run_dir={tmp_path / 'run'}", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    for o in overrides:
+        args += ["--set", o]
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "adapt.py"), "--config", str(REPO / "configs" / "tiny.yaml"), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+
+
+def test_adapt_runs_the_tiny_config_end_to_end(tmp_path):
+    done = adapt(tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    config = load_config(REPO / "configs" / "tiny.yaml")
+    # Both stages ran to the end, with their outputs.
+    mapper = torch.load(run / "mapper.pt", weights_only=True)
+    assert mapper["step"] == config.stage1.iterations
+    G, info = load_generator(run / "generator.pt")
+    assert info["meta"]["target_class"] == "tolkien elf" and G.size == config.generator.size
+    assert sorted(p.name for p in (run / "samples").iterdir())[-1] == f"step_{config.stage2.iterations:06d}.png"
+    stats2 = (run / "stats_stage2.jsonl").read_text().splitlines()
+    assert len(stats2) == config.stage2.iterations // config.stage2.log_every
+    # The resolved config is written and loads back to the same config.
+    resolved = load_config(run / "config.yaml")
+    assert resolved.stage1 == config.stage1 and resolved.prompt == config.prompt
+    assert "auto_layer_k=" in (run / "config.yaml").read_text().splitlines()[1]
+    assert len(list((tmp_path / "cache" / "banks").glob("bank-*.pt"))) == 1
+
+    # A second run reuses the complete Stage-1 checkpoint instead of retraining.
+    before = (run / "mapper.pt").stat().st_mtime_ns
+    again = adapt(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "reusing the complete Stage-1 checkpoint" in again.stderr
+    assert (run / "mapper.pt").stat().st_mtime_ns == before
+
+    # A changed Stage-1 setting is not silently mixed with the old checkpoint.
+    changed = adapt(tmp_path, "stage1.lambda_domain=10")
+    assert changed.returncode == 1
+    assert "different configuration (stage1.lambda_domain: 1.0 in the checkpoint, 10.0 now)" in changed.stderr
+    assert "Traceback" not in changed.stderr
+
+
+def test_bad_config_key_exits_with_a_hint_not_a_traceback(tmp_path):
+    done = adapt(tmp_path, "stage1.lamda_domain=2")
+    assert done.returncode == 1
+    assert "unknown config key 'stage1.lamda_domain'; did you mean 'stage1.lambda_domain'?" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unreachable_generator_download_fails_cleanly(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"generator": {"checkpoint": "afhqdog"}, "clip": {"model": "tiny"}, "device": "cpu"}))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train_mapper.py"), "--config", str(cfg), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"IPL_PRETRAINED_DIR": str(tmp_path / "weights"), "IPL_PRETRAINED_URL": "http://127.0.0.1:9/none", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 1
+    assert "download of http://127.0.0.1:9/none/afhqdog.pkl failed" in done.stderr
+    assert "Run the same command again to resume" in done.stderr
+    assert "Traceback" not in done.stderr
