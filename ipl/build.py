@@ -9,7 +9,7 @@ from stylegan2 import Generator
 from stylegan2.utils import sha256_file
 
 from .bank import bank_key, build_bank
-from .clip import load_clip
+from .clip import clip, load_clip
 
 
 def build_source_generator(gcfg, device):
@@ -65,7 +65,8 @@ def bank_fields(config, generator_info, clip_model):
     c1 = config.stage1
     return {
         "generator": generator_info["fingerprint"],
-        "clip": config.clip.model if config.clip.model != "tiny" else f"tiny:{config.clip.seed}",
+        # Random CLIPs are identified by their seed too.
+        "clip": config.clip.model if config.clip.model in clip.available_models() else f"{config.clip.model}@seed{config.clip.seed}",
         "clip_dtype": str(clip_model.dtype),
         "clip_resolution": clip_model.input_resolution,
         "antialias": config.clip.antialias,

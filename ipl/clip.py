@@ -116,28 +116,49 @@ class ClipWeightsError(RuntimeError):
     """CLIP weights are missing and cannot be downloaded."""
 
 
-def build_tiny_clip(seed=0):
-    """A small randomly initialised CLIP of the package's own ``CLIP`` class.
+# Architectures of randomly initialised CLIPs (clip.model.CLIP arguments).
+# "tiny" keeps the real tokenizer, context and 224 px input with small widths
+# and depths; "ViT-B/32" is the paper's model (for benchmarks: random weights
+# cost the same time as trained ones).
+RANDOM_ARCHS = {
+    "tiny": dict(
+        embed_dim=32,
+        image_resolution=224,
+        vision_layers=2,
+        vision_width=64,
+        vision_patch_size=32,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=32,
+        transformer_heads=2,
+        transformer_layers=2,
+    ),
+    "ViT-B/32": dict(
+        embed_dim=512,
+        image_resolution=224,
+        vision_layers=12,
+        vision_width=768,
+        vision_patch_size=32,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=512,
+        transformer_heads=8,
+        transformer_layers=12,
+    ),
+}
 
-    It has the real tokenizer's vocabulary and context length and the real
-    224 px input, so every code path (tokens, EOT, preprocessing) is the one
-    used with ViT-B/32; only the widths and depths are small.
+
+def build_random_clip(arch="tiny", seed=0):
+    """A randomly initialised CLIP of the package's own ``CLIP`` class.
+
+    Every code path (tokens, EOT, preprocessing) is the one used with the
+    released weights; only the values are random.
     """
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"unknown random CLIP architecture {arch!r}: use one of {', '.join(RANDOM_ARCHS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(
-            embed_dim=32,
-            image_resolution=224,
-            vision_layers=2,
-            vision_width=64,
-            vision_patch_size=32,
-            context_length=77,
-            vocab_size=49408,
-            transformer_width=32,
-            transformer_heads=2,
-            transformer_layers=2,
-        )
-    return model
+        return CLIP(**RANDOM_ARCHS[arch])
 
 
 def _resolve_dtype(dtype, device):
@@ -151,25 +172,26 @@ def load_clip(name="ViT-B/32", device="cpu", dtype="auto", download_root="", see
 
     Args:
         name: An OpenAI CLIP name (``clip.available_models()``), a path to a
-            CLIP checkpoint, or ``"tiny"`` (random, see :func:`build_tiny_clip`).
+            CLIP checkpoint, ``"tiny"`` or ``"random:<arch>"`` (random
+            weights, see :func:`build_random_clip`).
         device: Where the model runs.
         dtype: ``"auto"`` (fp16 on CUDA as ``clip.load`` returns it there and
             as the authors ran it; fp32 on the CPU), ``"float32"`` or ``"float16"``.
         download_root: Folder of the weight files (default: the clip package's
             ``~/.cache/clip``); the package's own downloader fills it.
-        seed: Initialisation seed of the tiny model.
+        seed: Initialisation seed of a random model.
 
     Returns:
         :class:`FrozenCLIP`.
     """
-    if name == "tiny":
-        model = build_tiny_clip(seed)
+    if name == "tiny" or name.startswith("random:"):
+        model = build_random_clip(name.removeprefix("random:"), seed)
     else:
         root = download_root or os.path.expanduser("~/.cache/clip")
         if name not in clip.available_models() and not Path(name).is_file():
             raise ClipWeightsError(
                 f"unknown CLIP model {name!r}: use one of {', '.join(clip.available_models())}, "
-                "a path to a CLIP checkpoint, or 'tiny'"
+                "a path to a CLIP checkpoint, 'tiny' or 'random:ViT-B/32'"
             )
         try:
             # Loaded on the CPU (fp32), converted below on purpose.

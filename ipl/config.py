@@ -45,8 +45,9 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class ClipConfig:
-    # OpenAI CLIP name for clip.load ("ViT-B/32" in the paper) or "tiny" for a
-    # small randomly initialised CLIP of the same class (tests, demo).
+    # OpenAI CLIP name for clip.load ("ViT-B/32" in the paper), "tiny" for a
+    # small randomly initialised CLIP of the same class (tests, demo), or
+    # "random:ViT-B/32" (full size, random weights: benchmarks).
     model: str = "ViT-B/32"
     # "auto": fp16 on CUDA (what clip.load returns there and what the authors
     # ran), fp32 on the CPU.
@@ -54,7 +55,7 @@ class ClipConfig:
     # The authors' torchvision 0.9 resized tensors without antialiasing.
     antialias: bool = False
     download_root: str = ""  # "" = the clip package's cache (~/.cache/clip)
-    seed: int = 0  # initialisation seed of the "tiny" CLIP
+    seed: int = 0  # initialisation seed of a random CLIP
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ipl.clip import IMAGENET_TEMPLATES, ClipWeightsError, build_tiny_clip, load_clip
+from ipl.clip import IMAGENET_TEMPLATES, ClipWeightsError, build_random_clip, load_clip
 from ipl.prompts import PromptTextEncoder, check_ctx_init
 
 
@@ -100,7 +100,7 @@ def test_preprocessing_matches_the_package_pil_pipeline(tiny_clip):
 
 
 def test_tiny_clip_is_deterministic_and_frozen():
-    a, b = build_tiny_clip(seed=4), build_tiny_clip(seed=4)
+    a, b = build_random_clip(seed=4), build_random_clip(seed=4)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
     model = load_clip("tiny")
@@ -123,3 +123,18 @@ def test_missing_clip_weights_error_names_the_location(tmp_path, monkeypatch):
     assert str(tmp_path / "ViT-B-32.pt") in str(e.value)
     with pytest.raises(ClipWeightsError, match="unknown CLIP model"):
         load_clip("ViT-Z/99")
+
+
+def test_dtype_is_explicit_and_features_leave_as_float32():
+    # "auto" follows the authors: fp16 on CUDA (what clip.load returns there), fp32 on the CPU.
+    assert load_clip("tiny", device="cpu").dtype == torch.float32
+    half = load_clip("tiny", dtype="float16")
+    assert half.dtype == torch.float16
+    assert half.model.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.float16
+    full = load_clip("tiny", dtype="float32")
+    text = ["a photo of a tolkien elf"]
+    f16, f32 = half.encode_text(text), full.encode_text(text)
+    assert f16.dtype == torch.float32
+    torch.testing.assert_close(f16, f32, rtol=2e-2, atol=2e-2)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert half.encode_images(images).dtype == torch.float32
