@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import torch
@@ -90,15 +91,30 @@ def find_cuda_home():
     )
 
 
+def find_ninja():
+    """Path of the ninja that builds the extensions, or None.
+
+    Besides ``PATH``, looks next to the running Python: ``pip install ninja``
+    puts it in a virtual environment's ``bin``, which is not on ``PATH`` when
+    that environment's Python is run without activating it.
+    """
+    found = shutil.which("ninja")
+    if found is None:
+        found = shutil.which("ninja", path=os.path.dirname(sys.executable))
+    return found
+
+
 @contextlib.contextmanager
 def build_environment():
     """Give ``torch.utils.cpp_extension`` what it needs for one build, then restore.
 
     Only variables the caller left unset are set: ``CUDA_HOME`` (see
     :func:`find_cuda_home`) and, when no GPU is visible, ``TORCH_CUDA_ARCH_LIST``
-    (:data:`ARCH_WITHOUT_GPU`). ``cpp_extension`` reads ``CUDA_HOME`` once, at
-    its first import, so its module-level value is overridden for the build too
-    (it may have been imported earlier, with the unresolved guess).
+    (:data:`ARCH_WITHOUT_GPU`); ``PATH`` gains ninja's folder when ninja is
+    only found next to the running Python (:func:`find_ninja`).
+    ``cpp_extension`` reads ``CUDA_HOME`` once, at its first import, so its
+    module-level value is overridden for the build too (it may have been
+    imported earlier, with the unresolved guess).
 
     Yields:
         The ``torch.utils.cpp_extension`` module.
@@ -108,6 +124,9 @@ def build_environment():
         added["CUDA_HOME"] = find_cuda_home()
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         added["TORCH_CUDA_ARCH_LIST"] = ARCH_WITHOUT_GPU
+    ninja = find_ninja()
+    if ninja is not None and shutil.which("ninja") is None:
+        added["PATH"] = os.pathsep.join([os.path.dirname(ninja), os.environ.get("PATH", "")])
     previous = {name: os.environ.get(name) for name in added}
     os.environ.update(added)
     try:

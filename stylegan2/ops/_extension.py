@@ -134,30 +134,34 @@ class LazyOp:
         # The check must hold whatever the caller's context: gradients on, no
         # autocast (it would run the reference in another precision).
         try:
-            with (
-                torch.inference_mode(False),
-                torch.enable_grad(),
-                torch.autocast(device.type, enabled=False),
-            ):
-                for case, args in enumerate(self._check_inputs(device, dtype, generator)):
-                    names, want, dy = _outputs_and_grads(ref, args, generator=generator)
-                    _, got, _ = _outputs_and_grads(self._op, args, dy)
-                    for what, g, w in zip(names, got, want):
+            with torch.inference_mode(False), torch.enable_grad():
+                with torch.autocast(device.type, enabled=False):
+                    cases = self._check_inputs(device, dtype, generator)
+                    for case, args in enumerate(cases):
                         where = f"its self-check on {device} {dtype} (case {case})"
-                        if g.shape != w.shape or g.dtype != w.dtype:
-                            return (
-                                f"{where} gave an {what} of shape {tuple(g.shape)} {g.dtype} "
-                                f"instead of {tuple(w.shape)} {w.dtype}"
-                            )
-                        error = (g - w).abs().max().item() if w.numel() else 0.0
-                        bound = tolerance * (1 + (w.abs().max().item() if w.numel() else 0.0))
-                        if not error <= bound:  # also catches NaN
-                            return (
-                                f"{where} disagrees with the reference: {what} "
-                                f"max error {error:.3g} > {bound:.3g}"
-                            )
+                        problem = self._compare(ref, args, generator, tolerance, where)
+                        if problem is not None:
+                            return problem
         except Exception as error:  # e.g. no kernel image for this GPU
             return f"its self-check on {device} {dtype} raised {_describe(error)}"
+        return None
+
+    def _compare(self, ref, args, generator, tolerance, where):
+        names, want, dy = _outputs_and_grads(ref, args, generator=generator)
+        _, got, _ = _outputs_and_grads(self._op, args, dy)
+        for what, g, w in zip(names, got, want):
+            if g.shape != w.shape or g.dtype != w.dtype:
+                return (
+                    f"{where} gave an {what} of shape {tuple(g.shape)} {g.dtype} "
+                    f"instead of {tuple(w.shape)} {w.dtype}"
+                )
+            error = (g - w).abs().max().item() if w.numel() else 0.0
+            bound = tolerance * (1 + (w.abs().max().item() if w.numel() else 0.0))
+            if not error <= bound:  # also catches NaN
+                return (
+                    f"{where} disagrees with the reference: {what} "
+                    f"max error {error:.3g} > {bound:.3g}"
+                )
         return None
 
     def _give_up(self, reason):

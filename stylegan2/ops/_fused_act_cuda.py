@@ -123,7 +123,8 @@ def check_inputs(device, dtype, generator):
     """
 
     def randn(*shape):
-        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+        x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+        return x.requires_grad_()
 
     return [
         (randn(2, 5, 3, 4), randn(5), 0.2, 2**0.5),  # StyleGAN2's setting

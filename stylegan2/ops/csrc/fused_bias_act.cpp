@@ -60,7 +60,8 @@ at::Tensor fused_bias_act(const at::Tensor& x_in, const at::Tensor& b_in, double
     return y;
   }
   TORCH_CHECK(x.is_cpu(), "fused_bias_act: unsupported device ", x.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_bias_act_cpu", [&] {
+  const auto dtype = x.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_bias_act_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* b_data = b.numel() > 0 ? b.const_data_ptr<scalar_t>() : nullptr;
@@ -100,7 +101,8 @@ at::Tensor fused_bias_act_grad(const at::Tensor& dy_in, const at::Tensor& ref_in
     return dx;
   }
   TORCH_CHECK(dy.is_cpu(), "fused_bias_act_grad: unsupported device ", dy.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "fused_bias_act_grad_cpu", [&] {
+  const auto dtype = dy.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_bias_act_grad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     const scalar_t* ref_data = ref.const_data_ptr<scalar_t>();

@@ -44,7 +44,8 @@ IPL_HOST_DEVICE scalar_t bias_act_grad_element(const scalar_t* dy, const scalar_
   const acc_t r = static_cast<acc_t>(ref[i]);
   bool positive;
   if (ref_kind == kRefInput) {
-    const acc_t bias = b != nullptr ? static_cast<acc_t>(b[channel_of(i, channels, inner)]) : acc_t(0);
+    const acc_t bias =
+        b != nullptr ? static_cast<acc_t>(b[channel_of(i, channels, inner)]) : acc_t(0);
     positive = r + bias > acc_t(0);
   } else if (ref_kind == kRefOutputPosScale) {
     positive = r > acc_t(0);

@@ -63,9 +63,11 @@ void fused_bias_act_cuda(const at::Tensor& x, const at::Tensor& b, at::Tensor& y
   const c10::cuda::CUDAGuard device_guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = x.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fused_bias_act_cuda", [&] {
+  const auto blocks = static_cast<unsigned int>(blocks_for(total));
+  const auto dtype = x.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_bias_act_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    fused_bias_act_kernel<scalar_t><<<static_cast<unsigned int>(blocks_for(total)), kThreads, 0, stream>>>(
+    fused_bias_act_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), b.numel() > 0 ? b.const_data_ptr<scalar_t>() : nullptr,
         y.mutable_data_ptr<scalar_t>(), total, channels, inner, static_cast<acc_t>(slope),
         static_cast<acc_t>(scale));
@@ -79,9 +81,11 @@ void fused_bias_act_grad_cuda(const at::Tensor& dy, const at::Tensor& ref, const
   const c10::cuda::CUDAGuard device_guard(dy.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t total = dy.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "fused_bias_act_grad_cuda", [&] {
+  const auto blocks = static_cast<unsigned int>(blocks_for(total));
+  const auto dtype = dy.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_bias_act_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    fused_bias_act_grad_kernel<scalar_t><<<static_cast<unsigned int>(blocks_for(total)), kThreads, 0, stream>>>(
+    fused_bias_act_grad_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         dy.const_data_ptr<scalar_t>(), ref.const_data_ptr<scalar_t>(),
         b.numel() > 0 ? b.const_data_ptr<scalar_t>() : nullptr, dx.mutable_data_ptr<scalar_t>(),
         total, channels, inner, ref_kind, static_cast<acc_t>(slope), static_cast<acc_t>(scale));

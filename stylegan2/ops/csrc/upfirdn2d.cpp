@@ -31,8 +31,8 @@ void upfirdn2d_cpu(const at::Tensor& x, const at::Tensor& f, at::Tensor& y,
         scalar_t* y_plane = y_data + plane * p.out_h * p.out_w;
         for (int64_t oy = 0; oy < p.out_h; ++oy) {
           for (int64_t ox = 0; ox < p.out_w; ++ox) {
-            y_plane[oy * p.out_w + ox] =
-                static_cast<scalar_t>(upfirdn2d_sample<scalar_t, acc_t>(x_plane, f_data, p, oy, ox));
+            const acc_t sample = upfirdn2d_sample<scalar_t, acc_t>(x_plane, f_data, p, oy, ox);
+            y_plane[oy * p.out_w + ox] = static_cast<scalar_t>(sample);
           }
         }
       }
