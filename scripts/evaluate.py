@@ -1,0 +1,109 @@
+"""Evaluate an adapted generator: IS, SIFID, SCS, ID, diversity and CLIP score, in one rendering pass.
+
+    python scripts/evaluate.py --adapted runs/ffhq_elf/generator.pt --refs refs/ffhq_elf
+    python scripts/evaluate.py --adapted G.pt --source ffhq --metrics is,scs,id --n 1000 --out eval/elf
+
+Writes OUT/metrics.json and OUT/metrics.md (a row in the layout of the
+paper's Table 1). Metric weights are looked up as docs/EVALUATION.md says;
+only the networks of the requested metrics are loaded.
+"""
+
+import argparse
+from pathlib import Path
+
+from ipl import cli
+from ipl.evaluate import (
+    METRICS,
+    EvalSettings,
+    EvaluationError,
+    evaluate_checkpoint,
+    load_metric_networks,
+    load_references,
+    parse_metrics,
+    record_markdown,
+    required_networks,
+    write_record,
+)
+from ipl.metrics import MissingWeightsError
+from ipl.runtime import choose_device
+from ipl.sampling import RECORDED_SOURCE
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--adapted", required=True, help="adapted generator (RUN/generator.pt)")
+    p.add_argument(
+        "--source",
+        default=RECORDED_SOURCE,
+        help=f"source generator: pretrained name, checkpoint path, or '{RECORDED_SOURCE}' (default: the one in the adapted file's run config)",
+    )
+    p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} (default: all; sifid only with --refs)")
+    p.add_argument("--refs", help="folder of SIFID reference images of the target domain (R1, R2, R3 in file-name order)")
+    p.add_argument("--n", type=int, default=1000, help="images per generator (default 1000)")
+    p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--batch", type=int, default=4, help="images per batch; lower it if GPU memory runs out (default 4)")
+    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi of source and adapted images (default 0.7)")
+    p.add_argument("--target-text", help="CLIP-score text (default: the adapted file's meta.target_class)")
+    p.add_argument("--id-net", choices=["arcface", "clip"], default="arcface", help="ID features: ArcFace (faces) or CLIP (e.g. dogs)")
+    p.add_argument("--clip-model", default="ViT-B/32")
+    p.add_argument("--clip-dtype", choices=["auto", "float32", "float16"], default="auto")
+    p.add_argument("--is-splits", type=int, default=10)
+    p.add_argument("--sifid-size", type=int, help="resize generated and reference images to this square size for SIFID")
+    p.add_argument("--no-quantize", action="store_true", help="evaluate float images instead of 8-bit ones")
+    p.add_argument("--weights-dir", help="folder of the metric weight files (default: $IPL_PRETRAINED_DIR or pretrained/)")
+    p.add_argument("--download", action="store_true", help="download metric weights that have a direct URL")
+    p.add_argument("--out", help="output folder (default: the adapted checkpoint's folder)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args()
+    try:
+        args.metrics = parse_metrics(args.metrics) if args.metrics else tuple(m for m in METRICS if m != "sifid" or args.refs)
+        args.settings = EvalSettings(
+            metrics=args.metrics,
+            n=args.n,
+            seed_start=args.seed_start,
+            batch=args.batch,
+            truncation=args.truncation,
+            quantize=not args.no_quantize,
+            is_splits=args.is_splits,
+            sifid_size=args.sifid_size,
+            id_net=args.id_net,
+            clip_model=args.clip_model,
+        )
+    except EvaluationError as e:
+        p.error(str(e))
+    if "sifid" in args.metrics and not args.refs:
+        p.error("sifid needs --refs DIR (reference images of the target domain); or leave it out of --metrics")
+    return args
+
+
+def main():
+    args = parse_args()
+    device = choose_device(args.device)
+    references = load_references(args.refs) if "sifid" in args.metrics else None
+    # Weights first: a missing file stops the run before any image is rendered.
+    networks = load_metric_networks(
+        required_networks(args.settings),
+        device,
+        weights_dir=args.weights_dir,
+        download=args.download,
+        clip_model=args.clip_model,
+        clip_dtype=args.clip_dtype,
+    )
+    record = evaluate_checkpoint(
+        args.adapted,
+        networks,
+        args.settings,
+        device=device,
+        source=args.source,
+        references=references,
+        target_text=args.target_text,
+        progress=not args.no_progress,
+    )
+    path = write_record(record, args.out or Path(args.adapted).parent)
+    print(record_markdown(record))
+    print(f"written: {path} and {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    cli.run(main, extra_errors=(MissingWeightsError, EvaluationError))
