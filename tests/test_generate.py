@@ -14,6 +14,7 @@ from PIL import Image
 from ipl import config as config_lib
 from ipl.build import build_source_generator, mean_latent
 from ipl.sampling import (
+    alpha_strip,
     blend_generators,
     lerp_path,
     load_adapted,
@@ -21,7 +22,6 @@ from ipl.sampling import (
     read_png,
     render,
     seed_strip,
-    alpha_strip,
     to_uint8,
     truncation_centre,
     write_samples,
@@ -76,6 +76,12 @@ def seed_image(generator, seed, truncation=0.7, centre=None):
     return to_uint8(render(generator, z_from_seeds([seed], generator.style_dim), truncation, centre))[0]
 
 
+def seed_images(generator, seeds, truncation=0.7, centre=None):
+    """Images of ``seeds`` rendered in one batch, as the code under test renders them
+    (batches of other sizes agree only up to float rounding)."""
+    return to_uint8(render(generator, z_from_seeds(seeds, generator.style_dim), truncation, centre, chunk=len(seeds)))
+
+
 def test_image_depends_only_on_its_seed_not_on_batch_or_order(files, tmp_path):
     adapted, info = load_adapted(files["adapted"], "cpu")
     centre, _ = truncation_centre(info, None, adapted)
@@ -116,12 +122,14 @@ def test_alpha_zero_writes_the_source_images(files, tmp_path):
     source, source_info = load_source(str(files["source"]), adapted, info, "cpu")
     centre, _ = truncation_centre(info, source_info, source)
     out = write_samples(adapted, tmp_path, [4, 7], source=source, alpha=0.0, truncation=0.7, truncation_latent=centre, progress=False)
-    for seed in (4, 7):
-        assert np.array_equal(read_png(tmp_path / f"seed{seed:04d}.png"), seed_image(source, seed, centre=centre))
+    expected = seed_images(source, [4, 7], centre=centre)
+    for seed, image in zip((4, 7), expected):
+        assert np.array_equal(read_png(tmp_path / f"seed{seed:04d}.png"), image)
     # The grid: source row over the (here identical) blended row, 2 images each.
     grid = read_png(out["grid"])
     assert grid.shape == (2 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2, 3)
-    assert np.array_equal(grid[2 : 2 + SIZE, 2 : 2 + SIZE], seed_image(source, 4, centre=centre))
+    assert np.array_equal(grid[2 : 2 + SIZE, 2 : 2 + SIZE], expected[0])
+    assert np.array_equal(grid[4 + SIZE : 4 + 2 * SIZE, 4 + SIZE : 4 + 2 * SIZE], expected[1])
 
 
 def test_recorded_source_rebuilds_the_training_source(files):
@@ -177,9 +185,10 @@ def test_alpha_strip_goes_from_source_to_adapted(files):
     strip, frames = alpha_strip(source, adapted, [0, 9], steps=4, truncation=0.7, truncation_latent=centre)
     cell = lambda row, col: strip[2 + row * (SIZE + 2) : 2 + row * (SIZE + 2) + SIZE, 2 + col * (SIZE + 2) : 2 + col * (SIZE + 2) + SIZE]  # noqa: E731
     assert strip.shape == (2 * (SIZE + 2) + 2, 4 * (SIZE + 2) + 2, 3)
-    for row, seed in enumerate((0, 9)):
-        assert np.array_equal(cell(row, 0), seed_image(source, seed, centre=centre))
-        assert np.array_equal(cell(row, 3), seed_image(adapted, seed, centre=centre))
+    first, last = seed_images(source, [0, 9], centre=centre), seed_images(adapted, [0, 9], centre=centre)
+    for row in range(2):
+        assert np.array_equal(cell(row, 0), first[row]) and np.array_equal(cell(row, 3), last[row])
+    assert not np.array_equal(cell(0, 1), first[0]) and not np.array_equal(cell(0, 1), last[0])
     assert len(frames) == 4 and frames[0].shape == (SIZE + 4, 2 * (SIZE + 2) + 2, 3)
 
 
