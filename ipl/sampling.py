@@ -1,8 +1,10 @@
-"""Per-seed sampling, image conversion and grids.
+"""Per-seed sampling, image conversion and grids; source/adapted pairs, blends and interpolations.
 
 Every image depends only on its seed (and the weights): each seed draws its
 own Z code from its own generator, and noise comes from the generator's fixed
-buffers, so an image is the same whatever batch it is rendered in.
+buffers, so an image is the same whatever batch it is rendered in (up to the
+float rounding of batched kernels, which can differ between batch sizes: at
+most one 8-bit level in a few pixels).
 """
 
 import re

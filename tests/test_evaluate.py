@@ -247,6 +247,19 @@ def test_missing_weights_exit_cleanly_before_rendering(adapted_file, no_weights,
     assert "Traceback" not in err
 
 
+def test_evaluate_script_writes_metrics_json_and_the_table(adapted_file, tmp_path, monkeypatch, capsys):
+    # The metrics whose weights exist offline: ID on CLIP features and the CLIP score, with the tiny CLIP.
+    args = ["--adapted", adapted_file["path"], "--metrics", "id,clip", "--id-net", "clip", "--clip-model", "tiny",
+            "--n", "6", "--batch", "4", "--device", "cpu", "--out", tmp_path, "--no-progress"]  # fmt: skip
+    code, out, err = run_script("evaluate.py", args, monkeypatch, capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(record["metrics"]) == {"id", "clip_score"} and record["source"]["spec"] == "recorded"
+    assert record["settings"]["n"] == 6 and record["target_text"] == "tolkien elf"
+    assert f"| human → tolkien elf | – | – | {record['metrics']['id']:.3f} |" in out
+    assert (tmp_path / "metrics.md").read_text().splitlines()[2] in out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
