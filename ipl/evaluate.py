@@ -85,7 +85,8 @@ class EvalSettings:
     clip_model: str = "ViT-B/32"
 
     def __post_init__(self):
-        object.__setattr__(self, "metrics", parse_metrics(",".join(self.metrics)))
+        names = self.metrics if isinstance(self.metrics, str) else ",".join(self.metrics)
+        object.__setattr__(self, "metrics", parse_metrics(names))
         if self.n < 2 or self.batch < 1:
             raise EvaluationError(f"n must be >= 2 and batch >= 1 (got n={self.n}, batch={self.batch})")
         if "is" in self.metrics and self.n < self.is_splits:
