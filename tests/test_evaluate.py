@@ -397,6 +397,7 @@ def test_plan_adds_sifid_with_references_and_names_missing_folders(tmp_path):
         E.plan_table1(["ffhq_disney"], E.EvalSettings(), runs_root=tmp_path, refs_root=tmp_path / "refs")
 
 
+@pytest.mark.slow  # three tiny Stage 1 + 2 runs: 3-20 s on a shared CPU
 def test_reproduction_runs_end_to_end_and_resumes_without_redoing_work(tmp_path, networks, caplog):
     overrides = TINY_OVERRIDES + [f"cache_dir={tmp_path / 'cache'}", "stage1.iterations=3", "stage2.iterations=2"]
     settings = E.EvalSettings(metrics=("is", "scs", "id", "diversity", "clip"), **SMALL)
