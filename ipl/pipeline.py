@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 
 from . import config as config_lib
-from .build import build_clip, build_source_generator, build_stage1_bank, mean_latent
+from .build import build_clip, build_source_generator, build_stage1_bank
 from .runtime import CheckpointError, choose_device, load_checkpoint
+from .sampling import truncation_centre
 from .stage1 import STAGE1_SCHEMES, load_prompt_model, train_mapper
 from .stage2 import train_generator
 
@@ -82,7 +83,10 @@ class Session:
         self.generator, self.generator_info = build_source_generator(config.generator, self.device)
         self.clip = build_clip(config.clip, self.device)
         self.derived = config_lib.resolve(config, self.generator.size)
-        self.truncation_latent = mean_latent(self.generator)
+        # The checkpoint's latent_avg when it has one (as generate.py uses),
+        # else the mean W of 4096 seeded codes.
+        centre, _ = truncation_centre(self.generator_info, generator=self.generator)
+        self.truncation_latent = centre.to(self.device)
         write_run_config(config, self.derived, self.derived.run_dir)
 
     @property

@@ -187,3 +187,21 @@ def test_bank_and_fresh_images_see_the_same_pairs(tiny, tmp_path):
     sampler = LatentSampler(cfg.stage1.seed, cfg.stage1.batch, tiny.generator.style_dim)
     for step in range(cfg.stage1.iterations):
         torch.testing.assert_close(bank.batch(step, cfg.stage1.batch, "cpu")[0], latents_to_w(tiny.generator, sampler()))
+
+
+def test_official_text_features_add_the_handwritten_template(tiny):
+    # f = Norm(E_T(M) + E_T(ctx_init + " {label}.")), e.g. "a photo of a human."
+    from ipl.prompts import PromptTextEncoder, prompt_features, text_constants
+
+    clip_model = tiny.clip
+    encoder = PromptTextEncoder(clip_model, "a photo of a", ["human", "tolkien elf"])
+    constants = text_constants(clip_model, "human", "tolkien elf", "a photo of a")
+    ctx = torch.randn(3, 4, clip_model.token_dim)
+    raw = encoder(ctx)
+    package = clip_model.model.encode_text(clip_model.tokenize(["a photo of a human.", "a photo of a tolkien elf."]))
+    source, target = prompt_features(encoder, ctx, constants["template"])
+    for got, learned, hand in ((source, raw[0], package[0]), (target, raw[1], package[1])):
+        expected = learned + hand
+        torch.testing.assert_close(got, expected / expected.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-6)
+    paper_source, _ = prompt_features(encoder, ctx, None)
+    torch.testing.assert_close(paper_source, raw[0] / raw[0].norm(dim=-1, keepdim=True))

@@ -243,3 +243,19 @@ def tiny_config_with(cfg, scheme):
     import dataclasses
 
     return dataclasses.replace(cfg, prompt=dataclasses.replace(cfg.prompt, scheme=scheme))
+
+
+def test_source_and_trainable_generators_draw_independent_noise(tiny, tmp_path, monkeypatch):
+    # At the first step G_t equals G_s; their images differ only through noise.
+    seen = []
+    real = tiny.clip.encode_images
+
+    def spy(images, antialias=False):
+        seen.append(images.detach().clone())
+        return real(images, antialias)
+
+    monkeypatch.setattr(tiny.clip, "encode_images", spy)
+    run_stage2(tiny, tmp_path / "run", "prompt.scheme=manual", "stage2.iterations=1", "stage2.n_sample=1")
+    source_image, trainable_image = seen[-2], seen[-1]  # the training step's two encodings
+    assert source_image.shape == trainable_image.shape == (2, 3, 16, 16)
+    assert not torch.equal(source_image, trainable_image)
