@@ -43,18 +43,8 @@ def z_from_seeds(seeds, dim):
 def render(generator, z, truncation=1.0, truncation_latent=None, chunk=8):
     """Images ``(N, 3, H, W)`` on the CPU from Z codes, with the fixed noise buffers."""
     device = next(generator.parameters()).device
-    out = []
-    for part in z.split(max(1, chunk)):
-        w = generator.style(part.to(device))
-        image, _ = generator(
-            [w],
-            input_is_latent=True,
-            truncation=truncation,
-            truncation_latent=truncation_latent,
-            randomize_noise=False,
-        )
-        out.append(image.float().cpu())
-    return torch.cat(out)
+    w = torch.cat([generator.style(part.to(device)) for part in z.split(max(1, chunk))])
+    return render_w(generator, w, truncation, truncation_latent, chunk)
 
 
 def to_uint8(images):

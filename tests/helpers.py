@@ -1,11 +1,16 @@
 """Tiny models and configs shared by the stage tests."""
 
 import math
+import runpy
+import sys
+from pathlib import Path
 
 import torch
 
 from ipl import config as config_lib
 from ipl.build import build_clip, build_source_generator, mean_latent
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The tiny config of the demo, made smaller still so that a test runs in seconds.
 TINY_OVERRIDES = [
@@ -56,3 +61,15 @@ def naive_equal_linear(x, layer):
     """EqualLinear + fused leaky ReLU written out from the weights."""
     y = x @ (layer.weight * layer.lr_mul / math.sqrt(layer.weight.shape[1])).t() + layer.bias * layer.lr_mul
     return torch.nn.functional.leaky_relu(y, 0.2) * math.sqrt(2)
+
+
+def run_script(name, args, monkeypatch, capsys):
+    """Run scripts/<name> in this process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", [name, *map(str, args)])
+    code = 0
+    try:
+        runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err

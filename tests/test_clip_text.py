@@ -74,7 +74,6 @@ def test_ctx_init_words_must_be_single_tokens(tiny_clip):
 def test_preprocessing_matches_the_package_pil_pipeline(tiny_clip):
     # The package preprocesses PIL images: bicubic resize with antialiasing,
     # centre crop, to tensor, normalise. Ours works on tensors in [-1, 1].
-    import clip  # noqa: F401  (the package under comparison)
     from clip.clip import _transform
 
     rng = np.random.default_rng(0)

@@ -5,16 +5,14 @@ import copy
 import json
 import logging
 import re
-import runpy
 import socket
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_OVERRIDES
+from helpers import TINY_OVERRIDES, run_script
 from PIL import Image
 
 import ipl.evaluate as E
@@ -94,17 +92,6 @@ def adapted_file(tmp_path_factory):
     for name, size in (("b.png", 20), ("a.png", 24), ("c.jpg", 18)):  # R1..R3 in name order: a, b, c
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(refs / name)
     return {"path": path, "source": source, "adapted": adapted, "refs": refs}
-
-
-def run_script(name, args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [name, *map(str, args)])
-    code = 0
-    try:
-        runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

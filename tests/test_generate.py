@@ -2,13 +2,11 @@
 
 import copy
 import logging
-import runpy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_script
 from PIL import Image
 
 from ipl import config as config_lib
@@ -29,7 +27,6 @@ from ipl.sampling import (
 )
 from stylegan2 import CheckpointError, Generator, save_generator
 
-REPO = Path(__file__).resolve().parents[1]
 ARCH = ["generator.checkpoint=random", "generator.size=32", "generator.style_dim=32", "generator.n_mlp=2",
         "generator.channel_multiplier=1", "generator.channel_max=32"]  # fmt: skip
 SIZE = 32
@@ -58,18 +55,6 @@ def files(tmp_path_factory):
     other = Generator(SIZE, style_dim=32, n_mlp=2, channel_multiplier=1, channel_max=16)
     save_generator(root / "narrow.pt", other)
     return {"root": root, "adapted": root / "adapted.pt", "source": root / "source.pt", "narrow": root / "narrow.pt"}
-
-
-def run_script(name, args, monkeypatch, capsys):
-    """Run scripts/<name> in this process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", [name, *map(str, args)])
-    code = 0
-    try:
-        runpy.run_path(str(REPO / "scripts" / name), run_name="__main__")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def seed_image(generator, seed, truncation=0.7, centre=None):

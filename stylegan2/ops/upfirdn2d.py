@@ -13,7 +13,6 @@ The reference path runs the filter as a single depthwise convolution (one
 which is both slower and, with oneDNN, far more memory hungry.
 """
 
-import torch
 import torch.nn.functional as F
 
 from . import _extension
