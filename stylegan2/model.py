@@ -2,11 +2,23 @@
 
 Module and parameter names follow that port exactly, so that its ``g_ema``
 checkpoints (used by StyleGAN-NADA and the IPL authors) load with
-``strict=True``. Two things differ, neither changes the function:
+``strict=True``. What differs never changes the function, only how it is
+computed (:meth:`Generator.set_impl`):
 
-* the modulated convolution can run in either of its two exact formulations
-  (``conv_impl``, see :func:`modulated_conv2d`), and picks the faster one;
+* ``conv_impl``: the modulated convolution runs in either of its two exact
+  formulations (see :func:`modulated_conv2d`), picked per device, batch and
+  autograd need by :func:`resolve_conv_impl`;
+* ``resample``: upsampling by transposed convolution and FIR filtering by
+  one depthwise convolution (``"fast"``), or by explicit zero insertion and
+  :func:`~stylegan2.ops.upfirdn2d` (``"ref"``);
+* ``epilogue``: the reference chain of modules (convolution, noise, bias +
+  leaky ReLU, each writing a new tensor) or a fused chain that folds the
+  activation gain and the biases into the convolutions and adds the noise and
+  applies the activation in place, with channels-last activations on the CPU;
 * ``channel_max`` caps the channel counts so that tiny test generators exist.
+
+``benchmarks/bench_generator.py`` measures every choice made here; the
+numbers are in ``benchmarks/RESULTS.md``.
 """
 
 import math
@@ -19,6 +31,8 @@ from torch import nn
 from .ops import FusedLeakyReLU, fused_leaky_relu, upfirdn2d
 
 CONV_IMPLS = ("auto", "grouped", "shared")
+RESAMPLE_IMPLS = ("fast", "ref")
+EPILOGUES = ("fused", "ref")
 
 
 def make_kernel(k):
@@ -27,6 +41,99 @@ def make_kernel(k):
     if k.ndim == 1:
         k = k[None, :] * k[:, None]
     return k / k.sum()
+
+
+def _needs_autograd(*tensors):
+    """Whether autograd records an op on these tensors (then no in-place writes)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _scale_shift(y, scale, shift=None):
+    """``y * scale + shift``, overwriting ``y`` when autograd does not need it.
+
+    A new activation-sized tensor costs more than the arithmetic on the CPU:
+    its pages are faulted in and zeroed by the kernel on first touch (about 5x
+    the time of an in-place pass at 1024x1024x32).
+    """
+    if _needs_autograd(y, scale, shift):
+        return y * scale if shift is None else torch.addcmul(shift, y, scale)
+    return y.mul_(scale) if shift is None else torch.addcmul(shift, y, scale, out=y)
+
+
+def fir_filter(x, f, pad, bias=None):
+    """Depthwise 2-D FIR filter with equal zero padding on every side, plus a bias.
+
+    The same values as ``upfirdn2d(x, f, pad=(pad, pad)) + bias``, computed as
+    one depthwise convolution that pads on the fly: no padded copy of ``x``,
+    and the bias costs nothing extra.
+
+    Args:
+        x: Input ``(B, C, H, W)``, any memory format.
+        f: FIR kernel ``(kh, kw)``, applied as a true convolution; no gradient
+            flows to it.
+        pad: Zero padding on each side, at most ``min(kh, kw) - 1``.
+        bias: Optional per-channel bias ``(C,)``.
+
+    Returns:
+        ``(B, C, H + 2 pad - kh + 1, W + 2 pad - kw + 1)``.
+    """
+    if pad > min(f.shape) - 1:
+        raise ValueError(f"fir_filter: pad {pad} exceeds kernel size - 1 for a kernel of shape {tuple(f.shape)}")
+    channels = x.shape[1]
+    weight = f.detach().to(x.dtype).flip([0, 1]).expand(channels, 1, *f.shape).contiguous()
+    return _DepthwiseCorrelation.apply(x, weight, bias, (pad, pad))
+
+
+class _DepthwiseCorrelation(torch.autograd.Function):
+    """``conv2d(x, weight, bias, padding=(pad_y, pad_x), groups=C)`` for a fixed
+    depthwise ``weight``, with a backward that is again such a convolution.
+
+    PyTorch's CPU backward of a depthwise convolution is about 9x slower than
+    its forward (906 ms against ~100 ms for the 4x4 blur at 1024x1024x32). The
+    input gradient of a correlation with ``w`` is the correlation of the
+    output gradient with the flipped ``w``, padded by ``k - 1 - pad``: the
+    forward op again, and itself differentiable the same way.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pad):
+        ctx.save_for_backward(weight)
+        ctx.pad = pad
+        return F.conv2d(x, weight, bias, padding=pad, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            (kh, kw), (pad_y, pad_x) = weight.shape[2:], ctx.pad
+            grad_x = _DepthwiseCorrelation.apply(grad, weight.flip([2, 3]), None, (kh - 1 - pad_y, kw - 1 - pad_x))
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, None, grad_bias, None
+
+
+def upsample2x_transposed(x, f, pad0):
+    """``upfirdn2d(x, f, up=2, pad=(pad0, pad0 - 1))`` as one depthwise transposed convolution.
+
+    Zero insertion followed by a true convolution with ``f`` is exactly a
+    stride-2 transposed convolution with ``f`` (unflipped), cropped by
+    ``k - 1 - pad0`` on each side; the crop is symmetric when the pads differ
+    by one, as for the even-length kernels of StyleGAN2. Measured at 512 to
+    1024 on three channels: 5 ms instead of 105 ms for ``upfirdn2d``, which
+    filters a zero-stuffed, padded copy.
+
+    Args:
+        x: Input ``(B, C, H, W)``.
+        f: FIR kernel ``(k, k)`` (gain included).
+        pad0: Padding before the first sample (after zero insertion).
+
+    Returns:
+        ``(B, C, 2 H, 2 W)``.
+    """
+    channels, k = x.shape[1], f.shape[0]
+    weight = f.to(x.dtype).expand(channels, 1, *f.shape).contiguous()
+    return F.conv_transpose2d(x, weight, stride=2, padding=k - 1 - pad0, groups=channels)
 
 
 class PixelNorm(nn.Module):
@@ -44,7 +151,12 @@ class Upsample(nn.Module):
         p = self.kernel.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
-    def forward(self, x):
+    def forward(self, x, impl="ref"):
+        """``impl="fast"``: one transposed convolution (same values, see
+        :func:`upsample2x_transposed`) where the pads allow it."""
+        kh, kw = self.kernel.shape
+        if impl == "fast" and self.factor == 2 and kh == kw and self.pad[0] == self.pad[1] + 1:
+            return upsample2x_transposed(x, self.kernel, self.pad[0])
         return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
 
 
@@ -57,8 +169,17 @@ class Blur(nn.Module):
         self.register_buffer("kernel", kernel)
         self.pad = pad
 
-    def forward(self, x):
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+    def forward(self, x, bias=None, impl="ref"):
+        """FIR-filter ``x`` and add an optional per-channel ``bias``.
+
+        ``impl="fast"`` runs :func:`fir_filter` (one depthwise convolution with
+        the bias fused) when the padding is symmetric and smaller than the
+        kernel; otherwise, and for ``"ref"``, ``upfirdn2d`` then the bias.
+        """
+        if impl == "fast" and self.pad[0] == self.pad[1] and 0 <= self.pad[0] < min(self.kernel.shape):
+            return fir_filter(x, self.kernel, self.pad[0], bias)
+        out = upfirdn2d(x, self.kernel, pad=self.pad)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 class EqualLinear(nn.Module):
@@ -73,38 +194,48 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
 
     def forward(self, x):
+        # x @ (scale W)^T == scale (x @ W^T): scaling the small output spares
+        # a scaled copy of the weight on every call.
         bias = self.bias * self.lr_mul if self.bias is not None else None
+        out = F.linear(x, self.weight) * self.scale
         if self.activation:
-            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
-        return F.linear(x, self.weight * self.scale, bias=bias)
+            return fused_leaky_relu(out, bias)
+        return out if bias is None else out + bias
 
     def extra_repr(self):
         out_dim, in_dim = self.weight.shape
         return f"{in_dim}, {out_dim}, lr_mul={self.lr_mul}, activation={self.activation}"
 
 
-def modulated_conv2d(x, weight, styles, demodulate=True, up=False, down=False, padding=0, impl="shared"):
+def modulated_conv2d(x, weight, styles, demodulate=True, up=False, down=False, padding=0, gain=1.0, bias=None, impl="shared"):
     """Modulated (and optionally demodulated) convolution, before any blur.
 
-    Two exact formulations of the same function:
+    Computes ``gain * modconv(x) + bias`` in either of two exact formulations:
 
     * ``"grouped"`` builds one weight per sample, ``w'[b] = w * s[b]`` scaled
       by the demodulation ``d[b]``, and runs one grouped convolution (what the
-      reference port does);
+      reference port does); with one sample it is a plain convolution;
     * ``"shared"`` scales the input channels by ``s``, runs one convolution
       with the shared weight for the whole batch, and scales the output
       channels by ``d`` (NVIDIA's "non-fused" path). It never materialises
-      per-sample weights and lets the backend use its fastest dense kernels.
+      per-sample weights, and its weight gradient is one batched convolution.
+
+    The gain and bias fold into the per-sample weight and the convolution's
+    bias (grouped) or into the demodulation step (shared), so they cost no
+    extra pass over the output.
 
     Args:
         x: Input ``(B, C_in, H, W)``.
-        weight: Scaled weight ``(C_out, C_in, k, k)`` (equalised-lr scale applied).
-        styles: Per-sample input-channel scales ``(B, C_in)``.
+        weight: Weight ``(C_out, C_in, k, k)``.
+        styles: Per-sample input-channel scales ``(B, C_in)`` (any
+            equalised-learning-rate scale of the weight included).
         demodulate: Normalise each output filter of each sample to unit norm.
         up: Transposed convolution with stride 2, no padding (the FIR blur
             that completes the upsampling is the caller's).
         down: Convolution with stride 2, no padding (the caller blurs first).
         padding: Padding of a plain (neither up nor down) convolution.
+        gain: Scalar multiplying the result (after demodulation).
+        bias: Optional per-output-channel bias ``(C_out,)`` added last.
         impl: ``"grouped"`` or ``"shared"``.
 
     Returns:
@@ -113,46 +244,141 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=False, down=False, p
     if impl not in ("grouped", "shared"):
         raise ValueError(f"modulated_conv2d: impl must be 'grouped' or 'shared', got {impl!r}")
     batch, in_channel, height, width = x.shape
-    out_channel, _, kh, kw = weight.shape
-    stride, padding = (2, 0) if down else (1, padding)
+    out_channel = weight.shape[0]
+    channels_last = _is_channels_last(x)
+    if demodulate:
+        # sum_{i,k} (w[o,i,k] s[b,i])^2 = sum_i s[b,i]^2 sum_k w[o,i,k]^2
+        wnorm2 = torch.linalg.vector_norm(weight, dim=(2, 3)).square()  # (O, I)
+        dcoefs = torch.rsqrt(styles.square() @ wnorm2.t() + 1e-8)  # (B, O)
+
+    def conv(x, w, b, groups=1):
+        if up:
+            return F.conv_transpose2d(x, w, b, stride=2, groups=groups)
+        stride, pad = (2, 0) if down else (1, padding)
+        return F.conv2d(x, w, b, padding=pad, stride=stride, groups=groups)
 
     if impl == "shared":
         x = x * styles.reshape(batch, in_channel, 1, 1)
-        if up:
-            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
-        else:
-            x = F.conv2d(x, weight, padding=padding, stride=stride)
-        if demodulate:
-            # sum_{i,k} (w[o,i,k] s[b,i])^2 = sum_i s[b,i]^2 sum_k w[o,i,k]^2
-            dcoefs = torch.rsqrt(styles.square() @ weight.square().sum([2, 3]).t() + 1e-8)  # (B, O)
-            x = x * dcoefs.reshape(batch, out_channel, 1, 1)
-        return x
+        if not demodulate:
+            return conv(x, _conv_weights(weight, weight.new_full((1, 1, 1), gain), up, channels_last), bias)
+        x = conv(x, _conv_weights(weight, weight.new_ones(1, 1, 1), up, channels_last), None)
+        shift = None if bias is None else bias.reshape(1, out_channel, 1, 1)
+        return _scale_shift(x, (gain * dcoefs).reshape(batch, out_channel, 1, 1), shift)
 
-    w = weight[None] * styles[:, None, :, None, None]  # (B, O, I, k, k)
+    coef = gain * styles[:, None, :]  # (B, 1, I)
     if demodulate:
-        w = w * torch.rsqrt(w.pow(2).sum([2, 3, 4]) + 1e-8)[:, :, None, None, None]
-    x = x.reshape(1, batch * in_channel, height, width)
-    if up:
-        w = w.transpose(1, 2).reshape(batch * in_channel, out_channel, kh, kw)
-        x = F.conv_transpose2d(x, w, stride=2, groups=batch)
-    else:
-        w = w.reshape(batch * out_channel, in_channel, kh, kw)
-        x = F.conv2d(x, w, padding=padding, stride=stride, groups=batch)
+        coef = coef * dcoefs[:, :, None]  # (B, O, I)
+    if batch > 1 and weight.shape[2:] == (1, 1) and not (up or down):
+        return _pointwise_per_sample(x, coef * weight[:, :, 0, 0], bias)
+    b = None if bias is None else bias.repeat(batch)
+    if batch == 1:  # a plain convolution, which keeps the memory format of x
+        return conv(x, _conv_weights(weight, coef, up, channels_last), b)
+    # One group per sample over the (1, B * C_in, H, W) view of the batch.
+    w = _conv_weights(weight, coef, up, channels_last=False)
+    x = conv(x.reshape(1, batch * in_channel, height, width), w, b, groups=batch)
     return x.reshape(batch, out_channel, *x.shape[2:])
 
 
-def resolve_conv_impl(conv_impl, x):
-    """The modulated-convolution formulation to use for input ``x``.
+def _pointwise_per_sample(x, weights, bias=None):
+    """1x1 convolution of each sample with its own weight, as one batched matmul.
 
-    ``"auto"`` picks ``"shared"`` on the CPU at every batch size (one dense
-    convolution runs at close to matmul speed there, while a grouped one with
-    per-sample weights does not; see ``benchmarks/bench_generator.py``), and
-    on CUDA follows NVIDIA's rule: grouped for inference, shared when
-    gradients are needed (the grouped weight gradient is slow).
+    Args:
+        x: ``(B, C_in, H, W)``, contiguous or channels-last.
+        weights: ``(B, C_out, C_in)``.
+        bias: Optional ``(C_out,)``.
+
+    Returns:
+        ``(B, C_out, H, W)`` in the memory format of ``x``.
+    """
+    batch, in_channel, height, width = x.shape
+    out_channel = weights.shape[1]
+    if _is_channels_last(x):
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, in_channel)  # (B, HW, I), a view
+        shift = x.new_zeros(1, 1, out_channel) if bias is None else bias.view(1, 1, out_channel)
+        out = torch.baddbmm(shift, pixels, weights.transpose(1, 2))  # (B, HW, O)
+        return out.view(batch, height, width, out_channel).permute(0, 3, 1, 2)
+    shift = x.new_zeros(1, out_channel, 1) if bias is None else bias.view(1, out_channel, 1)
+    out = torch.baddbmm(shift, weights, x.reshape(batch, in_channel, height * width))  # (B, O, HW)
+    return out.view(batch, out_channel, height, width)
+
+
+def _is_channels_last(x):
+    return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+# Memory order of the dimensions of a (B, C_out, C_in, kh, kw) per-sample
+# weight that each convolution reads without a copy, keyed by
+# (transposed, channels_last): conv2d wants (C_out, C_in, k, k) per group,
+# conv_transpose2d (C_in, C_out, k, k); channels-last puts the second of
+# these last.
+_WEIGHT_ORDER = {
+    (False, False): (0, 1, 2, 3, 4),
+    (False, True): (0, 1, 3, 4, 2),
+    (True, False): (0, 2, 1, 3, 4),
+    (True, True): (0, 2, 3, 4, 1),
+}
+
+
+def _conv_weights(weight, coef, transposed, channels_last):
+    """``weight * coef`` as the weight tensor of the convolution call.
+
+    Args:
+        weight: ``(C_out, C_in, k, k)``.
+        coef: Per-sample coefficients ``(B, C_out or 1, C_in or 1)``.
+        transposed: For ``conv_transpose2d`` instead of ``conv2d``.
+        channels_last: The convolution's input is channels-last.
+
+    Returns:
+        ``(B * C_out, C_in, k, k)`` (conv2d) or ``(B * C_in, C_out, k, k)``
+        (conv_transpose2d), grouped by sample. Without autograd the product is
+        written straight into the memory order the convolution reads; that
+        saves it a transposing copy of the weight (~10% of a 512-channel
+        layer at batch 1 with channels-last input).
+    """
+    out_channel, in_channel, kh, kw = weight.shape
+    shape = (coef.shape[0], out_channel, in_channel, kh, kw)
+    coef = coef[..., None, None]
+    if _needs_autograd(weight, coef):
+        w = weight * coef
+    else:
+        order = _WEIGHT_ORDER[transposed, channels_last]
+        w = weight.new_empty([shape[d] for d in order]).permute(*sorted(range(5), key=order.__getitem__))
+        torch.mul(weight, coef, out=w)
+    if transposed:
+        w = w.transpose(1, 2)
+    return w.reshape(-1, *w.shape[2:])
+
+
+def resolve_conv_impl(conv_impl, x, weight, styles=None):
+    """The modulated-convolution formulation for input ``x``, ``weight`` and ``styles``.
+
+    ``"auto"`` on the CPU (measurements: ``benchmarks/RESULTS.md``):
+
+    * gradients for W+ (or the input) but not for the weight, as in layer
+      selection: ``"shared"``, whose backward needs no weight gradient at all;
+      the per-sample weights of ``"grouped"`` need theirs (64 px generator at
+      batch 1: 0.51 s against 0.88 s forward + backward);
+    * 1x1 kernels (ToRGB): ``"grouped"``, as one batched matmul; ``"shared"``
+      would scale a full-resolution input for three outputs (1024x1024x32 at
+      batch 2: 38 ms against 150 ms);
+    * one sample: ``"grouped"``, a plain convolution with the modulated
+      weight, which spares ``"shared"``'s two passes over the activations
+      (input scaling, output demodulation);
+    * otherwise ``"shared"``: a grouped convolution over the batch runs
+      oneDNN's slow grouped kernels in contiguous memory (1024 forward at
+      batch 2: 4.6 s against 3.6 s). Large images are split into single
+      samples before that happens, see :func:`per_sample_block`.
+
+    On CUDA it follows NVIDIA's rule, unmeasured here: grouped for inference,
+    shared when gradients are needed (the grouped weight gradient is slow).
     """
     if conv_impl != "auto":
         return conv_impl
-    if x.is_cuda and not torch.is_grad_enabled():
+    if x.is_cuda:
+        return "shared" if torch.is_grad_enabled() else "grouped"
+    if _needs_autograd(x, styles) and not weight.requires_grad and weight.shape[2:] != (1, 1):
+        return "shared"
+    if x.shape[0] == 1 or weight.shape[2:] == (1, 1):
         return "grouped"
     return "shared"
 
@@ -176,10 +402,10 @@ class ModulatedConv2d(nn.Module):
         self.out_channel = out_channel
         self.upsample = upsample
         self.downsample = downsample
-        # Exact alternatives, set through `Generator.set_impl`: "auto",
-        # "grouped" or "shared"; resampling "fast" or "ref".
+        # Exact alternatives, set through `Generator.set_impl`.
         self.conv_impl = "auto"
         self.resample = "fast"
+        self.epilogue = "fused"
 
         # Registration order matters: it fixes the state_dict key order.
         factor = 2
@@ -202,35 +428,50 @@ class ModulatedConv2d(nn.Module):
             f"upsample={self.upsample}, downsample={self.downsample}"
         )
 
-    def forward(self, x, style):
-        """Modulated convolution of ``x`` (B, C_in, H, W) by ``style`` (B, style_dim).
+    def fir_impl(self, x):
+        """How this layer FIR-filters ``x``: ``"fast"`` (one depthwise conv) or ``"ref"``.
 
-        ``self.resample == "ref"`` runs up/downsampling in its slow reference
-        form:  upsampling as explicit zero insertion followed by a
-        correlation with the flipped kernel; downsampling as a full
-        convolution followed by taking every second sample. The fast forms
-        (transposed / strided convolution) compute the same values.
+        The reference epilogue keeps the reference port's ``upfirdn2d`` calls,
+        and so does CUDA, where the compiled ``upfirdn2d`` kernel has not been
+        measured against a depthwise convolution.
         """
-        styles = self.modulation(style)  # (B, C_in)
-        weight = self.scale * self.weight[0]  # (C_out, C_in, k, k)
-        impl = resolve_conv_impl(self.conv_impl, x)
+        fast = self.resample == "fast" and self.epilogue == "fused" and not x.is_cuda
+        return "fast" if fast else "ref"
+
+    def forward(self, x, style, bias=None, gain=1.0):
+        """``gain * modconv(x, style) + bias`` for ``x`` (B, C_in, H, W), ``style`` (B, style_dim).
+
+        ``bias`` (C_out,) and ``gain`` are optional; the reference port calls
+        this without them. ``self.resample == "ref"`` runs up/downsampling in
+        its slow reference form: upsampling as explicit zero insertion
+        followed by a correlation with the flipped kernel; downsampling as a
+        full convolution followed by taking every second sample. The fast
+        forms (transposed / strided convolution) compute the same values.
+        """
+        # (scale * W) * s == W * (scale * s): the equalised-lr scale rides on
+        # the small style tensor instead of a copy of the weight.
+        styles = self.modulation(style) * self.scale  # (B, C_in)
+        weight = self.weight[0]  # (C_out, C_in, k, k)
+        impl = resolve_conv_impl(self.conv_impl, x, weight, styles)
         reference = self.resample == "ref"
 
         if self.downsample:
-            x = self.blur(x)
+            x = self.blur(x, impl=self.fir_impl(x))
             if reference:
-                return modulated_conv2d(x, weight, styles, self.demodulate, impl=impl)[:, :, ::2, ::2]
-            return modulated_conv2d(x, weight, styles, self.demodulate, down=True, impl=impl)
+                out = modulated_conv2d(x, weight, styles, self.demodulate, gain=gain, bias=bias, impl=impl)
+                return out[:, :, ::2, ::2]
+            return modulated_conv2d(x, weight, styles, self.demodulate, down=True, gain=gain, bias=bias, impl=impl)
         if self.upsample:
             if reference:
                 k = self.kernel_size
                 ones = torch.ones(1, 1, dtype=x.dtype, device=x.device)
                 x = upfirdn2d(x, ones, up=2, pad=(k - 1, k - 2))
-                out = modulated_conv2d(x, weight.flip([2, 3]), styles, self.demodulate, impl=impl)
+                out = modulated_conv2d(x, weight.flip([2, 3]), styles, self.demodulate, gain=gain, impl=impl)
             else:
-                out = modulated_conv2d(x, weight, styles, self.demodulate, up=True, impl=impl)
-            return self.blur(out)
-        return modulated_conv2d(x, weight, styles, self.demodulate, padding=self.padding, impl=impl)
+                out = modulated_conv2d(x, weight, styles, self.demodulate, up=True, gain=gain, impl=impl)
+            # The bias goes after the blur: near the border a blurred constant is not constant.
+            return self.blur(out, bias, impl=self.fir_impl(out))
+        return modulated_conv2d(x, weight, styles, self.demodulate, padding=self.padding, gain=gain, bias=bias, impl=impl)
 
 
 class NoiseInjection(nn.Module):
@@ -264,9 +505,21 @@ class StyledConv(nn.Module):
         )
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
+        self.epilogue = "fused"
 
     def forward(self, x, style, noise=None):
-        return self.activate(self.noise(self.conv(x, style), noise=noise))
+        if self.epilogue == "ref":
+            return self.activate(self.noise(self.conv(x, style), noise=noise))
+        # lrelu(v) * g == lrelu(g * v) for g > 0, so the gain moves into the
+        # convolution and the biases, and one in-place pass adds the noise,
+        # another applies the activation.
+        gain = self.activate.scale
+        out = self.conv(x, style, bias=self.activate.bias * gain, gain=gain)
+        if noise is None:
+            batch, _, height, width = out.shape
+            noise = out.new_empty(batch, 1, height, width).normal_()
+        out = out.add_(noise * (self.noise.weight * gain))
+        return F.leaky_relu_(out, self.activate.negative_slope)
 
 
 class ToRGB(nn.Module):
@@ -278,12 +531,49 @@ class ToRGB(nn.Module):
             self.upsample = Upsample(blur_kernel)
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.epilogue = "fused"
 
     def forward(self, x, style, skip=None):
-        out = self.conv(x, style) + self.bias
+        if self.epilogue == "ref":
+            out = self.conv(x, style) + self.bias
+            if skip is not None:
+                out = out + self.upsample(skip)
+            return out
+        out = self.conv(x, style, bias=self.bias.reshape(3))
         if skip is not None:
-            out = out + self.upsample(skip)
+            out = out.add_(self.upsample(skip, impl=self.conv.fir_impl(skip)))
         return out
+
+
+def per_sample_block(g, latent):
+    """From which upsampling block on ``g`` renders one sample at a time, or ``None``.
+
+    Splitting the batch at high resolution gives each sample the one-sample
+    path (a plain convolution per layer, see :func:`resolve_conv_impl`) and
+    bounds the activation memory by one image; the batched ``"shared"`` path
+    keeps the low resolutions efficient. Only ``conv_impl="auto"`` with the
+    fused epilogue on the CPU splits, and not when autograd needs W+ but no
+    weight (layer selection): there the batched ``"shared"`` backward skips
+    the weight gradients, which the per-sample weights cannot.
+    """
+    batch = latent.shape[0]
+    if batch == 1 or latent.is_cuda or g.conv_impl != "auto" or g.epilogue != "fused":
+        return None
+    if torch.is_grad_enabled() and not any(p.requires_grad for p in g.convs.parameters()):
+        return None
+    for j in range(len(g.to_rgbs)):
+        if 2 ** (j + 3) >= PER_SAMPLE_RESOLUTION:
+            return j
+    return None
+
+
+# Measured (benchmarks/RESULTS.md): at 128 px and above a config-f layer has
+# at most 256 channels, so a per-sample weight is small next to the
+# activations it spares a pass over; below, 512-channel weights rebuilt per
+# sample cost more than batching saves. 1024 px, batch 2: forward 3.0 s split
+# at 128-512 px against 3.3 s batched, forward+backward 9.2 s against 12.2 s;
+# 256 px, batch 8: forward+backward 17.3 s against 18.7 s, forward equal.
+PER_SAMPLE_RESOLUTION = 128
 
 
 def reference_channels(channel_multiplier=2, channel_max=512):
@@ -331,6 +621,9 @@ class Generator(nn.Module):
         self.blur_kernel = tuple(blur_kernel)
         self.lr_mlp = lr_mlp
         self.channel_max = channel_max
+        # Generator-wide copies of the `set_impl` choices (the batch split reads them).
+        self.conv_impl = "auto"
+        self.epilogue = "fused"
 
         self.style = nn.Sequential(
             PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)]
@@ -372,21 +665,27 @@ class Generator(nn.Module):
             channel_max=self.channel_max,
         )
 
-    def set_impl(self, conv_impl=None, resample=None):
-        """Choose the exact formulation of every modulated convolution.
+    def set_impl(self, conv_impl=None, resample=None, epilogue=None):
+        """Choose how every layer computes its (unchanged) function.
 
         Args:
-            conv_impl: ``"auto"`` (default), ``"grouped"`` or ``"shared"``.
+            conv_impl: ``"auto"`` (default), ``"grouped"`` or ``"shared"``
+                (see :func:`modulated_conv2d` and :func:`resolve_conv_impl`).
             resample: ``"fast"`` (default) or ``"ref"``.
+            epilogue: ``"fused"`` (default) or ``"ref"`` (the reference port's
+                module-by-module chain and ``upfirdn2d`` calls, contiguous
+                memory).
+
+        ``None`` leaves a setting unchanged. Returns ``self``.
         """
-        if conv_impl is not None and conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-        if resample is not None and resample not in ("fast", "ref"):
-            raise ValueError(f"resample must be 'fast' or 'ref', got {resample!r}")
+        for value, allowed, name in ((conv_impl, CONV_IMPLS, "conv_impl"), (resample, RESAMPLE_IMPLS, "resample"), (epilogue, EPILOGUES, "epilogue")):
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        settings = {"conv_impl": conv_impl, "resample": resample, "epilogue": epilogue}
         for module in self.modules():
-            if isinstance(module, ModulatedConv2d):
-                module.conv_impl = conv_impl or module.conv_impl
-                module.resample = resample or module.resample
+            for name, value in settings.items():
+                if value is not None and hasattr(module, name):
+                    setattr(module, name, value)
         return self
 
     def adaptable_layers(self):
@@ -412,6 +711,32 @@ class Generator(nn.Module):
 
     def get_latent(self, z):
         return self.style(z)
+
+    def _blocks(self, out, skip, latent, noise, start, split=None):
+        """Run the upsampling blocks from ``start`` on (block ``j`` renders
+        ``2^(j+3)`` pixels); from block ``split`` on, one sample at a time."""
+        for j in range(start, len(self.to_rgbs)):
+            if j == split and out.shape[0] > 1:
+                return torch.cat(
+                    [
+                        self._blocks(out[i : i + 1], skip[i : i + 1], latent[i : i + 1], [n if n.shape[0] == 1 else n[i : i + 1] for n in noise], j)
+                        for i in range(out.shape[0])
+                    ]
+                )
+            slot = 2 * j + 1  # W+ slot and noise index of the block's first layer
+            out = self.convs[2 * j](out, latent[:, slot], noise=noise[slot])
+            out = self.convs[2 * j + 1](out, latent[:, slot + 1], noise=noise[slot + 1])
+            skip = self.to_rgbs[j](out, latent[:, slot + 2], skip)
+        return skip
+
+    def _draw_noise(self, noise, latent):
+        """Fill the ``None`` entries with fresh noise for the whole batch, drawn in
+        layer order with the shapes the layers would draw: the same values as
+        drawing each map when its layer runs."""
+        batch = latent.shape[0]
+        return [
+            latent.new_empty(batch, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)).normal_() if n is None else n for i, n in enumerate(noise)
+        ]
 
     def forward(
         self,
@@ -466,13 +791,13 @@ class Generator(nn.Module):
         if latent.shape[1] != self.n_latent:
             raise ValueError(f"expected a W+ code with {self.n_latent} slots, got shape {tuple(latent.shape)}")
 
+        split = per_sample_block(self, latent)
+        if split is not None:
+            noise = self._draw_noise(noise, latent)
         out = self.input(latent)
+        if self.epilogue == "fused" and not out.is_cuda:
+            out = out.contiguous(memory_format=torch.channels_last)
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
-        i = 1
-        for conv1, conv2, noise1, noise2, to_rgb in zip(self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs):
-            out = conv1(out, latent[:, i], noise=noise1)
-            out = conv2(out, latent[:, i + 1], noise=noise2)
-            skip = to_rgb(out, latent[:, i + 2], skip)
-            i += 2
-        return (skip, latent) if return_latents else (skip, None)
+        image = self._blocks(out, skip, latent, noise, 0, split).contiguous()
+        return (image, latent) if return_latents else (image, None)
