@@ -88,11 +88,12 @@ class _DepthwiseCorrelation(torch.autograd.Function):
     """``conv2d(x, weight, bias, padding=(pad_y, pad_x), groups=C)`` for a fixed
     depthwise ``weight``, with a backward that is again such a convolution.
 
-    PyTorch's CPU backward of a depthwise convolution is about 9x slower than
-    its forward (906 ms against ~100 ms for the 4x4 blur at 1024x1024x32). The
-    input gradient of a correlation with ``w`` is the correlation of the
-    output gradient with the flipped ``w``, padded by ``k - 1 - pad``: the
-    forward op again, and itself differentiable the same way.
+    When the bias needs a gradient, PyTorch's CPU backward of a depthwise
+    convolution takes a slow path: forward + backward of the 4x4 blur at
+    1024x1024x32 take 1018 ms, against 144 ms with this backward. The input
+    gradient of a correlation with ``w`` is the correlation of the output
+    gradient with the flipped ``w``, padded by ``k - 1 - pad``: the forward op
+    again, and itself differentiable the same way.
     """
 
     @staticmethod
@@ -119,9 +120,9 @@ def upsample2x_transposed(x, f, pad0):
     Zero insertion followed by a true convolution with ``f`` is exactly a
     stride-2 transposed convolution with ``f`` (unflipped), cropped by
     ``k - 1 - pad0`` on each side; the crop is symmetric when the pads differ
-    by one, as for the even-length kernels of StyleGAN2. Measured at 512 to
-    1024 on three channels: 5 ms instead of 105 ms for ``upfirdn2d``, which
-    filters a zero-stuffed, padded copy.
+    by one, as for the even-length kernels of StyleGAN2. Measured from 512 to
+    1024 pixels on three channels: 3 ms channels-last (43 ms contiguous)
+    against 82 ms for ``upfirdn2d``, which filters a zero-stuffed, padded copy.
 
     Args:
         x: Input ``(B, C, H, W)``.
@@ -245,7 +246,6 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=False, down=False, p
         raise ValueError(f"modulated_conv2d: impl must be 'grouped' or 'shared', got {impl!r}")
     batch, in_channel, height, width = x.shape
     out_channel = weight.shape[0]
-    channels_last = _is_channels_last(x)
     if demodulate:
         # sum_{i,k} (w[o,i,k] s[b,i])^2 = sum_i s[b,i]^2 sum_k w[o,i,k]^2
         wnorm2 = torch.linalg.vector_norm(weight, dim=(2, 3)).square()  # (O, I)
@@ -259,9 +259,11 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=False, down=False, p
 
     if impl == "shared":
         x = x * styles.reshape(batch, in_channel, 1, 1)
+        w = weight if demodulate else weight * gain
+        w = w.transpose(0, 1) if up else w  # conv_transpose2d wants (C_in, C_out, k, k)
         if not demodulate:
-            return conv(x, _conv_weights(weight, weight.new_full((1, 1, 1), gain), up, channels_last), bias)
-        x = conv(x, _conv_weights(weight, weight.new_ones(1, 1, 1), up, channels_last), None)
+            return conv(x, w, bias)
+        x = conv(x, w, None)
         shift = None if bias is None else bias.reshape(1, out_channel, 1, 1)
         return _scale_shift(x, (gain * dcoefs).reshape(batch, out_channel, 1, 1), shift)
 
@@ -272,10 +274,10 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=False, down=False, p
         return _pointwise_per_sample(x, coef * weight[:, :, 0, 0], bias)
     b = None if bias is None else bias.repeat(batch)
     if batch == 1:  # a plain convolution, which keeps the memory format of x
-        return conv(x, _conv_weights(weight, coef, up, channels_last), b)
-    # One group per sample over the (1, B * C_in, H, W) view of the batch.
-    w = _conv_weights(weight, coef, up, channels_last=False)
-    x = conv(x.reshape(1, batch * in_channel, height, width), w, b, groups=batch)
+        return conv(x, _conv_weights(weight, coef, up), b)
+    # One group per sample over the batch seen as (1, B * C_in, H, W) (a
+    # copy when x is channels-last).
+    x = conv(x.reshape(1, batch * in_channel, height, width), _conv_weights(weight, coef, up), b, groups=batch)
     return x.reshape(batch, out_channel, *x.shape[2:])
 
 
@@ -306,44 +308,19 @@ def _is_channels_last(x):
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-# Memory order of the dimensions of a (B, C_out, C_in, kh, kw) per-sample
-# weight that each convolution reads without a copy, keyed by
-# (transposed, channels_last): conv2d wants (C_out, C_in, k, k) per group,
-# conv_transpose2d (C_in, C_out, k, k); channels-last puts the second of
-# these last.
-_WEIGHT_ORDER = {
-    (False, False): (0, 1, 2, 3, 4),
-    (False, True): (0, 1, 3, 4, 2),
-    (True, False): (0, 2, 1, 3, 4),
-    (True, True): (0, 2, 3, 4, 1),
-}
-
-
-def _conv_weights(weight, coef, transposed, channels_last):
-    """``weight * coef`` as the weight tensor of the convolution call.
+def _conv_weights(weight, coef, transposed):
+    """``weight * coef`` laid out as the weight of the convolution call.
 
     Args:
         weight: ``(C_out, C_in, k, k)``.
         coef: Per-sample coefficients ``(B, C_out or 1, C_in or 1)``.
         transposed: For ``conv_transpose2d`` instead of ``conv2d``.
-        channels_last: The convolution's input is channels-last.
 
     Returns:
         ``(B * C_out, C_in, k, k)`` (conv2d) or ``(B * C_in, C_out, k, k)``
-        (conv_transpose2d), grouped by sample. Without autograd the product is
-        written straight into the memory order the convolution reads; that
-        saves it a transposing copy of the weight (~10% of a 512-channel
-        layer at batch 1 with channels-last input).
+        (conv_transpose2d), grouped by sample.
     """
-    out_channel, in_channel, kh, kw = weight.shape
-    shape = (coef.shape[0], out_channel, in_channel, kh, kw)
-    coef = coef[..., None, None]
-    if _needs_autograd(weight, coef):
-        w = weight * coef
-    else:
-        order = _WEIGHT_ORDER[transposed, channels_last]
-        w = weight.new_empty([shape[d] for d in order]).permute(*sorted(range(5), key=order.__getitem__))
-        torch.mul(weight, coef, out=w)
+    w = weight * coef[..., None, None]  # (B, O, I, k, k)
     if transposed:
         w = w.transpose(1, 2)
     return w.reshape(-1, *w.shape[2:])
@@ -356,18 +333,20 @@ def resolve_conv_impl(conv_impl, x, weight, styles=None):
 
     * gradients for W+ (or the input) but not for the weight, as in layer
       selection: ``"shared"``, whose backward needs no weight gradient at all;
-      the per-sample weights of ``"grouped"`` need theirs (64 px generator at
-      batch 1: 0.51 s against 0.88 s forward + backward);
+      the per-sample weights of ``"grouped"`` need theirs (forward +
+      backward, 256 px at batch 8: 12.8 s against 27.1 s; 64 px at batch 1:
+      0.51 s against 0.88 s);
     * 1x1 kernels (ToRGB): ``"grouped"``, as one batched matmul; ``"shared"``
       would scale a full-resolution input for three outputs (1024x1024x32 at
       batch 2: 38 ms against 150 ms);
     * one sample: ``"grouped"``, a plain convolution with the modulated
       weight, which spares ``"shared"``'s two passes over the activations
-      (input scaling, output demodulation);
-    * otherwise ``"shared"``: a grouped convolution over the batch runs
-      oneDNN's slow grouped kernels in contiguous memory (1024 forward at
-      batch 2: 4.6 s against 3.6 s). Large images are split into single
-      samples before that happens, see :func:`per_sample_block`.
+      (input scaling, output demodulation): 1024 forward 1.33 s against 1.79 s;
+    * otherwise ``"shared"``: a grouped convolution over the batch needs a
+      contiguous copy and runs oneDNN's slower grouped kernels (256 px at
+      batch 8: forward 5.65 s against 7.61 s, forward + backward 18.4 s
+      against 24.0 s). Large images are split into single samples first,
+      see :func:`per_sample_block`.
 
     On CUDA it follows NVIDIA's rule, unmeasured here: grouped for inference,
     shared when gradients are needed (the grouped weight gradient is slow).
@@ -567,12 +546,14 @@ def per_sample_block(g, latent):
     return None
 
 
-# Measured (benchmarks/RESULTS.md): at 128 px and above a config-f layer has
-# at most 256 channels, so a per-sample weight is small next to the
-# activations it spares a pass over; below, 512-channel weights rebuilt per
-# sample cost more than batching saves. 1024 px, batch 2: forward 3.0 s split
-# at 128-512 px against 3.3 s batched, forward+backward 9.2 s against 12.2 s;
-# 256 px, batch 8: forward+backward 17.3 s against 18.7 s, forward equal.
+# At 128 px and above a config-f layer has at most 256 channels, so a
+# per-sample weight is small next to the activations it spares a pass over;
+# below, 512-channel weights rebuilt for every sample cost more than batching
+# saves. Measured (benchmarks/RESULTS.md), split against all batched: 256 px
+# at batch 8: forward 5.10 s against 5.65 s, forward + backward 15.7 s
+# against 18.4 s, peak memory above the model 259 MB against 874 MB;
+# 1024 px at batch 2: forward 3.0 s against 3.3 s, forward + backward 9.2 s
+# against 12.2 s; 64 px at batch 8, split from 16 px: 2.17 s against 1.79 s.
 PER_SAMPLE_RESOLUTION = 128
 
 
