@@ -369,6 +369,13 @@ def gradients(g, path, weights_trainable):
     return image.detach(), grads
 
 
+def assert_same_gradients(actual, expected, label):
+    assert actual.keys() == expected.keys()
+    for name, grad in actual.items():
+        scale = expected[name].abs().max().item()
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=f"{label} {name}")
+
+
 @pytest.mark.parametrize("weights_trainable", [True, False], ids=["weights_and_wplus", "wplus_only"])
 def test_gradients_agree_between_formulations(tiny, weights_trainable):
     tiny.train()
@@ -378,10 +385,17 @@ def test_gradients_agree_between_formulations(tiny, weights_trainable):
     for path in PATHS:
         image, grads = gradients(tiny, path, weights_trainable)
         torch.testing.assert_close(image, expected_image, rtol=1e-4, atol=1e-5, msg=str(path))
-        assert grads.keys() == expected.keys()
-        for name, grad in grads.items():
-            scale = expected[name].abs().max().item()
-            torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=f"{path} {name}")
+        assert_same_gradients(grads, expected, str(path))
+
+
+def test_gradients_agree_when_the_batch_is_split_per_sample(tiny, monkeypatch):
+    tiny.train()
+    expected_image, expected = gradients(tiny, REFERENCE_PATH, True)
+    monkeypatch.setattr(stylegan2.model, "PER_SAMPLE_RESOLUTION", 16)
+    assert per_sample_block(tiny.set_impl("auto", "fast", "fused"), torch.zeros(2, tiny.n_latent, TINY["style_dim"])) == 1
+    image, grads = gradients(tiny, ("auto", "fast", "fused"), True)
+    torch.testing.assert_close(image, expected_image, rtol=1e-4, atol=1e-5)
+    assert_same_gradients(grads, expected, "split")
 
 
 # --------------------------------------------------------------------------
