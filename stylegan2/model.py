@@ -335,7 +335,10 @@ def resolve_conv_impl(conv_impl, x, weight, styles=None):
       selection: ``"shared"``, whose backward needs no weight gradient at all;
       the per-sample weights of ``"grouped"`` need theirs (forward +
       backward, 256 px at batch 8: 12.8 s against 27.1 s; 64 px at batch 1:
-      0.51 s against 0.88 s);
+      0.51 s against 0.88 s). Except one sample at ``WPLUS_GROUPED_INPUT``
+      px or more, where ``"shared"``'s extra passes over the large
+      activations cost more than the weight gradient (the 1024 generator's
+      split blocks, see :func:`per_sample_block`);
     * 1x1 kernels (ToRGB): ``"grouped"``, as one batched matmul; ``"shared"``
       would scale a full-resolution input for three outputs (1024x1024x32 at
       batch 2: 38 ms against 150 ms);
@@ -356,7 +359,7 @@ def resolve_conv_impl(conv_impl, x, weight, styles=None):
     if x.is_cuda:
         return "shared" if torch.is_grad_enabled() else "grouped"
     if _needs_autograd(x, styles) and not weight.requires_grad and weight.shape[2:] != (1, 1):
-        return "shared"
+        return "grouped" if x.shape[0] == 1 and x.shape[-1] >= WPLUS_GROUPED_INPUT else "shared"
     if x.shape[0] == 1 or weight.shape[2:] == (1, 1):
         return "grouped"
     return "shared"
@@ -531,14 +534,16 @@ def per_sample_block(g, latent):
     path (a plain convolution per layer, see :func:`resolve_conv_impl`) and
     bounds the activation memory by one image; the batched ``"shared"`` path
     keeps the low resolutions efficient. Only ``conv_impl="auto"`` with the
-    fused epilogue on the CPU splits, and not when autograd needs W+ but no
-    weight (layer selection): there the batched ``"shared"`` backward skips
-    the weight gradients, which the per-sample weights cannot.
+    fused epilogue on the CPU splits. When autograd needs W+ but no weight
+    (layer selection), only generators of ``WPLUS_SPLIT_SIZE`` px or more
+    split: below, the batched ``"shared"`` backward, which skips the weight
+    gradients, is faster.
     """
     batch = latent.shape[0]
     if batch == 1 or latent.is_cuda or g.conv_impl != "auto" or g.epilogue != "fused":
         return None
-    if torch.is_grad_enabled() and not any(p.requires_grad for p in g.convs.parameters()):
+    wplus_only = torch.is_grad_enabled() and not any(p.requires_grad for p in g.convs.parameters())
+    if wplus_only and g.size < WPLUS_SPLIT_SIZE:
         return None
     for j in range(len(g.to_rgbs)):
         if 2 ** (j + 3) >= PER_SAMPLE_RESOLUTION:
@@ -555,6 +560,14 @@ def per_sample_block(g, latent):
 # 1024 px at batch 2: forward 3.0 s against 3.3 s, forward + backward 9.2 s
 # against 12.2 s; 64 px at batch 8, split from 16 px: 2.17 s against 1.79 s.
 PER_SAMPLE_RESOLUTION = 128
+
+# Layer selection (gradients for W+ only), forward + backward to W+, split
+# (one-sample "grouped" from 128 px) against batched "shared": 1024 px at
+# batch 2: 6.0-6.4 s against 7.7 s, peak memory 2.2 GiB against 4.3 GiB;
+# 512 px at batch 2: 4.7 s against 4.3 s; 256 px at batch 8: 12.6 s against
+# 11.7 s. The 1024x1024x32 activations decide it.
+WPLUS_SPLIT_SIZE = 1024
+WPLUS_GROUPED_INPUT = 64
 
 
 def reference_channels(channel_multiplier=2, channel_max=512):

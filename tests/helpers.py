@@ -3,6 +3,7 @@
 import math
 import runpy
 import sys
+import zlib
 from pathlib import Path
 
 import torch
@@ -73,3 +74,14 @@ def run_script(name, args, monkeypatch, capsys):
         code = e.code if isinstance(e.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def golden_fill(name, shape):
+    """The deterministic parameter fill of shared/fixtures/stylegan2 (its README gives the rule)."""
+    c = zlib.crc32(name.encode()) % 1000
+    x = torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 12.9898 + c) * 43758.5453
+    t = (x - torch.floor(x)) * 2 - 1
+    value = (t * math.sqrt(3)).float().reshape(shape)
+    if name.startswith("style.") and name.endswith(".weight"):
+        value = value * 100
+    return value

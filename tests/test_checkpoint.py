@@ -2,18 +2,18 @@
 
 import argparse
 import json
-import math
 import os
 import pickle
 import sys
 import types
-import zlib
 
 import pytest
 import torch
 
 from stylegan2 import CheckpointError, Generator, load_generator, save_generator
 from stylegan2.checkpoint import CHECKPOINT_FORMAT, infer_generator_config, read_checkpoint
+
+from helpers import golden_fill
 
 TINY = dict(size=32, style_dim=32, n_mlp=2, channel_max=16)
 
@@ -126,23 +126,12 @@ def test_config_inferred_from_the_reference_manifests(shared, manifest):
     assert [(k, tuple(v.shape)) for k, v in built.items()] == [(e["key"], tuple(e["shape"])) for e in data["state_dict"]]
 
 
-def _golden_fill(name, shape):
-    """The fill rule of shared/fixtures/stylegan2/README.md."""
-    c = zlib.crc32(name.encode()) % 1000
-    x = torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 12.9898 + c) * 43758.5453
-    t = (x - torch.floor(x)) * 2 - 1
-    value = (t * math.sqrt(3)).float().reshape(shape)
-    if name.startswith("style.") and name.endswith(".weight"):
-        value = value * 100
-    return value
-
-
 def test_reference_port_file_of_the_golden_network_reproduces_its_outputs(shared, tmp_path):
     golden = torch.load(shared / "fixtures" / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
     template = Generator(64, 512, 8, channel_multiplier=1)
     state = template.state_dict()
     for name, _ in template.named_parameters():
-        state[name] = _golden_fill(name, tuple(state[name].shape))
+        state[name] = golden_fill(name, tuple(state[name].shape))
     torch.save({"g_ema": state, "latent_avg": golden["truncation_mean_w"][0]}, tmp_path / "golden.pt")
 
     g, info = load_generator(tmp_path / "golden.pt")

@@ -5,7 +5,6 @@ agreement (values and gradients) between the alternative formulations."""
 import itertools
 import json
 import math
-import zlib
 
 import pytest
 import torch
@@ -24,6 +23,8 @@ from stylegan2.model import (
     resolve_conv_impl,
 )
 from stylegan2.ops import upfirdn2d
+
+from helpers import golden_fill
 
 MANIFESTS = ["generator_keys_1024_cm2.json", "generator_keys_512_cm2.json", "generator_keys_256_cm2.json", "generator_keys_256_cm1.json"]
 # Every distinct computation; "auto" only resolves to one of the two
@@ -64,24 +65,13 @@ def test_state_dict_keys_shapes_and_kinds_match_the_reference(shared, manifest):
 # Golden outputs of the reference port (fixture README: fill rule and calls).
 
 
-def reference_fill(name, shape):
-    """The fixture's deterministic parameter fill, as its README states it."""
-    c = zlib.crc32(name.encode()) % 1000
-    x = torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 12.9898 + c) * 43758.5453
-    t = (x - torch.floor(x)) * 2 - 1
-    value = (t * math.sqrt(3)).float().reshape(shape)
-    if name.startswith("style.") and name.endswith(".weight"):
-        value = value * 100
-    return value
-
-
 @pytest.fixture(scope="module")
 def golden(shared):
     data = torch.load(shared / "fixtures" / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
     g = Generator(data["size"], 512, 8, channel_multiplier=data["channel_multiplier"]).eval()
     with torch.no_grad():
         for name, p in g.named_parameters():
-            p.copy_(reference_fill(name, p.shape))
+            p.copy_(golden_fill(name, p.shape))
     return g, data
 
 
@@ -102,7 +92,7 @@ def assert_golden(actual, expected):
 def test_fill_rule_reproduces_the_fixture_inputs(golden):
     _, d = golden
     for name in ("z", "z2", "w", "wplus"):
-        assert torch.equal(reference_fill(name, d[name].shape), d[name]), name
+        assert torch.equal(golden_fill(name, d[name].shape), d[name]), name
 
 
 @pytest.mark.parametrize("path", PATHS, ids=path_id)
@@ -388,12 +378,18 @@ def test_gradients_agree_between_formulations(tiny, weights_trainable):
         assert_same_gradients(grads, expected, str(path))
 
 
-def test_gradients_agree_when_the_batch_is_split_per_sample(tiny, monkeypatch):
+@pytest.mark.parametrize("weights_trainable", [True, False], ids=["weights_and_wplus", "wplus_only"])
+def test_gradients_agree_when_the_batch_is_split_per_sample(tiny, monkeypatch, weights_trainable):
     tiny.train()
-    expected_image, expected = gradients(tiny, REFERENCE_PATH, True)
+    expected_image, expected = gradients(tiny, REFERENCE_PATH, weights_trainable)
+    # Make the tiny generator take the split path (and, W+ only, the one-sample grouped layers).
     monkeypatch.setattr(stylegan2.model, "PER_SAMPLE_RESOLUTION", 16)
-    assert per_sample_block(tiny.set_impl("auto", "fast", "fused"), torch.zeros(2, tiny.n_latent, TINY["style_dim"])) == 1
-    image, grads = gradients(tiny, ("auto", "fast", "fused"), True)
+    monkeypatch.setattr(stylegan2.model, "WPLUS_SPLIT_SIZE", TINY["size"])
+    monkeypatch.setattr(stylegan2.model, "WPLUS_GROUPED_INPUT", 8)
+    tiny.set_impl("auto", "fast", "fused").requires_grad_(weights_trainable)
+    with torch.enable_grad():
+        assert per_sample_block(tiny, torch.zeros(2, tiny.n_latent, TINY["style_dim"])) == 1
+    image, grads = gradients(tiny, ("auto", "fast", "fused"), weights_trainable)
     torch.testing.assert_close(image, expected_image, rtol=1e-4, atol=1e-5)
     assert_same_gradients(grads, expected, "split")
 
@@ -414,6 +410,9 @@ def test_auto_conv_impl_rules_on_the_cpu():
             assert resolve_conv_impl("grouped", batch, w3) == "grouped"
     styles = torch.zeros(1, 2, requires_grad=True)
     assert resolve_conv_impl("auto", one, w3, styles) == "shared"  # W+ gradient only
+    large = torch.zeros(1, 2, stylegan2.model.WPLUS_GROUPED_INPUT, stylegan2.model.WPLUS_GROUPED_INPUT)
+    assert resolve_conv_impl("auto", large, w3, styles) == "grouped"  # ... except one large sample
+    assert resolve_conv_impl("auto", large.expand(2, -1, -1, -1), w3, styles.expand(2, -1)) == "shared"
     assert resolve_conv_impl("auto", one, w3.requires_grad_(), styles) == "grouped"  # weights train too
     assert resolve_conv_impl("auto", one, w1, styles) == "grouped"
     with torch.no_grad():
@@ -433,6 +432,9 @@ def test_batch_split_rules():
     assert per_sample_block(g, wplus) == first_128px_block  # weights train: split
     g.requires_grad_(False)
     assert per_sample_block(g, wplus) is None  # W+ only: the batched backward skips weight gradients
+    large = Generator(stylegan2.model.WPLUS_SPLIT_SIZE, 32, 2, channel_multiplier=1, channel_max=8).requires_grad_(False)
+    wplus = torch.zeros(2, large.n_latent, 32)
+    assert per_sample_block(large, wplus) == first_128px_block  # ... except at 1024 px
 
 
 # --------------------------------------------------------------------------
