@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ipl.config import GeneratorConfig, Stage2Config
+
 # Authors' code on a 2-core machine of this kind (patched only to run on a
 # CPU), median seconds per iteration at 1024 px with ViT-B/32.
 # Stage 1 from the bank is compared with the authors' Stage 1 (fresh images):
@@ -155,8 +157,8 @@ def main():
     parser.add_argument("--clip", default="random:ViT-B/32", help="random:ViT-B/32 or tiny")
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--render-chunk", type=int, default=4)
-    parser.add_argument("--stage2-chunk", type=int, default=2)
+    parser.add_argument("--render-chunk", type=int, default=GeneratorConfig().render_chunk)
+    parser.add_argument("--stage2-chunk", type=int, default=Stage2Config().chunk)
     parser.add_argument("--bank-images", type=int, default=16)
     parser.add_argument("--only", default=",".join(MEASUREMENTS))
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -39,8 +39,9 @@ class GeneratorConfig:
     channel_max: int = 512
     seed: int = 0  # initialisation seed of a "random" generator
     # Render this many images at a time when only CLIP features are needed
-    # (bounds peak memory; does not change results).
-    render_chunk: int = 8
+    # (bounds peak memory; does not change results). 4 keeps Stage 1 at
+    # 1024 px, batch 32, near 2 GiB on a CPU (benchmarks/RESULTS.md).
+    render_chunk: int = 4
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,11 @@ class Stage2Config:
     # Which layer a W+ slot selects: "official" ([conv1, to_rgb1] + convs,
     # index j, off by one from the conv that reads slot j) or "exact".
     layer_mapping: Literal["official", "exact"] = "official"
-    # Images per forward/backward chunk (0 = whole batch). The losses are
-    # per-image means, so chunking changes memory, not results.
-    chunk: int = 0
+    # Images per forward/backward chunk (0 = whole batch), in layer selection
+    # and in the training step. The losses are per-image means, so chunking
+    # changes memory, not results; 2 keeps Stage 2 at 1024 px near 4 GiB on
+    # a CPU (benchmarks/RESULTS.md). On a large GPU, 0 may be faster.
+    chunk: int = 2
     # Sample grids and checkpoints.
     n_sample: int = 8
     sample_truncation: float = 0.7
