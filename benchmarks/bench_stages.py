@@ -160,11 +160,17 @@ def main():
     parser.add_argument("--render-chunk", type=int, default=GeneratorConfig().render_chunk)
     parser.add_argument("--stage2-chunk", type=int, default=Stage2Config().chunk)
     parser.add_argument("--bank-images", type=int, default=16)
+    parser.add_argument("--malloc", choices=["keep", "system"], default="keep",
+                        help="keep: glibc keeps freed memory for reuse, as the training scripts do (ipl.runtime.keep_freed_memory); system: glibc's defaults")
     parser.add_argument("--only", default=",".join(MEASUREMENTS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
+        if args.malloc == "keep":
+            from ipl.runtime import keep_freed_memory
+
+            keep_freed_memory()
         times, unit = child(args.child, args)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
         print(json.dumps({"name": args.child, "times": times, "unit": unit, "peak_gib": peak}))
@@ -172,13 +178,13 @@ def main():
 
     names = [n for n in args.only.split(",") if n]
     print(f"# {args.size}px StyleGAN2, CLIP {args.clip}, torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print(f"# render_chunk={args.render_chunk} stage2.chunk={args.stage2_chunk} warmup={args.warmup} iters={args.iters}")
+    print(f"# render_chunk={args.render_chunk} stage2.chunk={args.stage2_chunk} malloc={args.malloc} warmup={args.warmup} iters={args.iters}")
     print("| measurement | min | median | unit | peak RSS (GiB) | authors' median | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         argv = [sys.executable, __file__, "--child", name, "--size", str(args.size), "--clip", args.clip,
                 "--iters", str(args.iters), "--warmup", str(args.warmup), "--render-chunk", str(args.render_chunk),
-                "--stage2-chunk", str(args.stage2_chunk), "--bank-images", str(args.bank_images)]
+                "--stage2-chunk", str(args.stage2_chunk), "--bank-images", str(args.bank_images), "--malloc", args.malloc]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1]} |")

@@ -11,7 +11,7 @@ import yaml
 
 from . import config as config_lib
 from .build import build_clip, build_source_generator, build_stage1_bank
-from .runtime import CheckpointError, choose_device, load_checkpoint
+from .runtime import CheckpointError, choose_device, keep_freed_memory, load_checkpoint
 from .sampling import truncation_centre
 from .stage1 import STAGE1_SCHEMES, load_prompt_model, train_mapper
 from .stage2 import train_generator
@@ -79,6 +79,8 @@ class Session:
     def __init__(self, config, device=None, progress=True):
         self.config = config
         self.device = choose_device(device or config.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # ~1.3x per step on a CPU, see its docstring
         self.progress = progress
         self.generator, self.generator_info = build_source_generator(config.generator, self.device)
         self.clip = build_clip(config.clip, self.device)
