@@ -133,7 +133,7 @@ def train_mapper(config, generator, clip_model, run_dir, device, bank=None, trun
         )
 
     bar = tqdm(range(start, c1.iterations), desc="stage 1", initial=start, total=c1.iterations, disable=not progress)
-    tick = time.time()
+    tick, last_logged = time.time(), start
     for step in bar:
         # Source pairs (w, E_I(G_s(w))): from the bank, or rendered now.
         if bank is not None:
@@ -165,8 +165,8 @@ def train_mapper(config, generator, clip_model, run_dir, device, bank=None, trun
         bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
         if done % c1.log_every == 0 or done == c1.iterations:
             now = time.time()
-            log.write(done, **values, sec_per_iter=round((now - tick) / c1.log_every, 4))
-            tick = now
+            log.write(done, **values, sec_per_iter=round((now - tick) / (done - last_logged), 4))
+            tick, last_logged = now, done
         if done % c1.checkpoint_every == 0 or done == c1.iterations:
             save(done)
     bar.close()
