@@ -130,9 +130,9 @@ def keep_freed_memory():
     With ``mmap`` off and trimming of the heap top above 2 GiB only, freed
     activations are reused: per step at 1024 px on a 2-core CPU, Stage 1
     (fresh images) 29 s against 38 s and Stage 2 29 s against 40 s, for a
-    peak 0.1-0.5 GiB higher (benchmarks/RESULTS.md). Freed memory then mostly stays
-    with the process until it exits. ``IPL_KEEP_FREED_MEMORY=0`` turns this
-    off.
+    peak 0.1-0.5 GiB higher (benchmarks/RESULTS.md). Freed memory then
+    mostly stays with the process until it exits.
+    ``IPL_KEEP_FREED_MEMORY=0`` turns this off.
 
     Returns:
         Whether the setting was applied (not on other systems or C libraries).
