@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generator.py                    # 1024 config-f, batches 1 and 2
     python benchmarks/bench_generator.py --size 256 --batch 1 8 --modes forward wplus
-    python benchmarks/bench_generator.py --paths reference auto --alloc thp heap
+    python benchmarks/bench_generator.py --paths reference auto --alloc thp keep
 
 Paths (``Generator.set_impl(conv_impl, resample, epilogue)``):
 
@@ -14,9 +14,10 @@ Paths (``Generator.set_impl(conv_impl, resample, epilogue)``):
 * ``auto``: the default, what every caller gets.
 
 ``--alloc`` adds rows run with a process-level allocator setting (the
-library sets none; see ``ALLOCATORS``): every activation-sized tensor that
-PyTorch allocates on the CPU is otherwise fresh ``mmap`` memory whose pages
-the kernel faults in and zeroes on first touch.
+generator sets none; the training scripts apply ``keep``; see
+``ALLOCATORS``): every activation-sized tensor that PyTorch allocates on the
+CPU is otherwise fresh ``mmap`` memory whose pages the kernel faults in and
+zeroes on first touch.
 
 Modes: ``forward`` (``no_grad``, what Stage 1 renders with), ``train``
 (forward + backward into every weight and into W+, Stage 2's step) and
@@ -58,8 +59,10 @@ MODES = ("forward", "train", "wplus")
 ALLOCATORS = {
     # PyTorch's CPU allocator asks for transparent huge pages (2 MB) on large blocks.
     "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
-    # glibc keeps freed blocks on its heap for reuse instead of unmapping them.
-    "heap": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"},
+    # glibc keeps freed blocks on its heap for reuse instead of unmapping them:
+    # ipl.runtime.keep_freed_memory(), called in the child as the training
+    # scripts call it (no environment).
+    "keep": {},
 }
 
 
@@ -118,6 +121,10 @@ def run_child(spec):
     """Time one configuration; print one JSON line."""
     from stylegan2 import Generator
 
+    if spec.get("alloc") == "keep":
+        from ipl.runtime import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(0)
     if spec["kind"] == "matmul":
         a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
@@ -198,7 +205,7 @@ def main():
         + ")"
     )
     print(f"# load average at start: {os.getloadavg()}")
-    envs = [("", {})] + [(f"+{name}", ALLOCATORS[name]) for name in args.alloc]
+    allocs = [None] + args.alloc
 
     results, matmul = {}, []
     for _ in range(args.rounds):
@@ -206,9 +213,10 @@ def main():
         for mode in args.modes:
             for batch in args.batch:
                 for path in args.paths:
-                    for suffix, env in envs:
-                        spec = dict(kind="generator", size=args.size, channel_multiplier=args.channel_multiplier, path=path, mode=mode, batch=batch, iters=args.iters)
-                        r = spawn(spec, env)
+                    for alloc in allocs:
+                        spec = dict(kind="generator", size=args.size, channel_multiplier=args.channel_multiplier, path=path, mode=mode, batch=batch, iters=args.iters, alloc=alloc)
+                        r = spawn(spec, ALLOCATORS.get(alloc))
+                        suffix = f"+{alloc}" if alloc else ""
                         entry = results.setdefault((mode, batch, path, suffix), {"times": [], "peak_mb": 0, "above_model_mb": 0})
                         entry["times"] += r["times"]
                         entry["peak_mb"] = max(entry["peak_mb"], r["peak_mb"])
