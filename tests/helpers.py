@@ -85,3 +85,22 @@ def golden_fill(name, shape):
     if name.startswith("style.") and name.endswith(".weight"):
         value = value * 100
     return value
+
+
+def assert_matches_recorded_run(name, tensors, kind):
+    """``tensors`` (a state dict) equal the ``kind`` tensors of run ``name`` in
+    tests/fixtures/stylegan2_runs.pt, recorded before the code was restructured.
+
+    Bit for bit on the torch version and CPU capability the file was written
+    with; elsewhere (other kernels round differently) to a tolerance.
+    """
+    recorded = torch.load(REPO / "tests" / "fixtures" / "stylegan2_runs.pt", weights_only=True)
+    expected = recorded["runs"][name][kind]
+    assert sorted(tensors) == sorted(expected), f"{name} {kind}: the state dict keys changed"
+    env = recorded["environment"]
+    exact = env["torch"] == str(torch.__version__) and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    for key, value in expected.items():
+        if exact:
+            assert torch.equal(tensors[key], value), f"{name} {kind} {key} differs from the recorded run"
+        else:
+            torch.testing.assert_close(tensors[key], value, rtol=1e-3, atol=1e-4, msg=f"{name} {kind} {key}")

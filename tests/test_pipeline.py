@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from helpers import assert_matches_recorded_run
+
 from ipl.config import load_config
 from stylegan2 import load_generator
 
@@ -43,6 +45,9 @@ def test_adapt_runs_the_tiny_config_end_to_end(tmp_path):
     assert resolved.stage1 == config.stage1 and resolved.prompt == config.prompt
     assert "auto_layer_k=" in (run / "config.yaml").read_text().splitlines()[1]
     assert len(list((tmp_path / "cache" / "banks").glob("bank-*.pt"))) == 1
+    # The trained tensors are the ones recorded before the code was restructured.
+    assert_matches_recorded_run("demo", torch.load(run / "generator.pt", weights_only=True)["g_ema"], "generator")
+    assert_matches_recorded_run("demo", mapper["mapper"], "mapper")
 
     # A second run reuses the complete Stage-1 checkpoint instead of retraining.
     before = (run / "mapper.pt").stat().st_mtime_ns
