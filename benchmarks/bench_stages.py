@@ -40,7 +40,8 @@ MEASUREMENTS = ["stage1_fresh", "stage1_bank", "bank_build", "stage2", "text_our
 
 def build(args, overrides=()):
     from ipl import config as config_lib
-    from ipl.build import build_clip, build_source_generator, mean_latent
+    from ipl.backends.stylegan2 import StyleGAN2Backend
+    from ipl.build import build_clip
 
     sets = [
         "device=cpu",
@@ -52,9 +53,9 @@ def build(args, overrides=()):
         *overrides,
     ]
     config = config_lib.load_config(None, sets)
-    generator, info = build_source_generator(config.generator, "cpu")
+    backend = StyleGAN2Backend(config, "cpu")
     clip_model = build_clip(config.clip, "cpu")
-    return config, generator, info, clip_model, mean_latent(generator)
+    return config, backend, clip_model
 
 
 def step_times(stats_path, warmup):
@@ -74,35 +75,36 @@ def timed(fn, warmup, iters):
 
 
 def child(name, args):
-    from ipl.bank import SourceBank, build_bank
-    from ipl.prompts import PromptTextEncoder
-    from ipl.stage1 import train_mapper
-    from ipl.stage2 import select_layers, train_generator
+    from ipl.backends.stylegan2 import BankPairs, SourceBank, build_bank, select_layers
+    from ipl.method.prompts import PromptTextEncoder
+    from ipl.stages.stage1 import train_mapper
+    from ipl.stages.stage2 import train_generator
 
     n = args.warmup + args.iters
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     common = [f"stage1.iterations={n}", "stage1.log_every=1", "stage1.checkpoint_every=100000"]
     if name in ("stage1_fresh", "stage1_bank"):
-        config, G, info, clip_model, mean_w = build(args, common + [f"stage1.images={'fresh' if name == 'stage1_fresh' else 'bank'}"])
-        bank = None
+        config, backend, clip_model = build(args, common + [f"stage1.images={'fresh' if name == 'stage1_fresh' else 'bank'}"])
+        G = backend.generator
         if name == "stage1_bank":  # the bank's contents do not change the cost of a step
             m = n * config.stage1.batch
             bank = SourceBank({}, G.style(torch.randn(m, G.style_dim)).detach(), torch.randn(m, clip_model.embed_dim))
-        train_mapper(config, G, clip_model, tmp, "cpu", bank=bank, truncation_latent=mean_w, progress=False)
+            backend.stage1_pairs = lambda *_, **__: BankPairs(bank, config.stage1.batch)
+        train_mapper(config, backend, clip_model, tmp, "cpu", progress=False)
         return step_times(tmp / "stats_stage1.jsonl", args.warmup), "s/iter"
     if name == "bank_build":
-        config, G, info, clip_model, _ = build(args)
+        config, backend, clip_model = build(args)
         images = args.bank_images
         t = time.perf_counter()
-        build_bank(tmp / "bank.pt", {}, G, clip_model, steps=1, batch=images, seed=0, chunk=config.generator.render_chunk, progress=False)
+        build_bank(tmp / "bank.pt", {}, backend.generator, clip_model, steps=1, batch=images, seed=0, chunk=config.generator.render_chunk, progress=False)
         return [(time.perf_counter() - t) / images], "s/image"
     if name == "stage2":
         overrides = ["prompt.scheme=random", f"stage2.iterations={n}", "stage2.log_every=1", "stage2.checkpoint_every=100000", "stage2.output_interval=100000"]
-        config, G, info, clip_model, mean_w = build(args, overrides)
-        train_generator(config, G, clip_model, tmp, "cpu", truncation_latent=mean_w, progress=False)
+        config, backend, clip_model = build(args, overrides)
+        train_generator(config, backend, clip_model, tmp, "cpu", progress=False)
         return step_times(tmp / "stats_stage2.jsonl", args.warmup), "s/iter"
     if name in ("text_ours", "text_naive"):
-        config, G, info, clip_model, _ = build(args)
+        config, _, clip_model = build(args)
         encoder = PromptTextEncoder(clip_model, "a photo of a", ["human", "tolkien elf"])
         ctx = torch.randn(32, encoder.n_ctx, clip_model.token_dim, requires_grad=True)
         if name == "text_ours":
@@ -111,7 +113,8 @@ def child(name, args):
             fn = lambda: naive_text(clip_model, encoder, ctx).sum().backward()  # noqa: E731
         return timed(fn, args.warmup, args.iters), "s/step (64 prompts, fwd+bwd)"
     if name in ("select_ours", "select_naive"):
-        config, G, info, clip_model, _ = build(args)
+        config, backend, clip_model = build(args)
+        G = backend.generator
         text = clip_model.encode_text(["tolkien elf"])[0]
         k = int(2 * G.n_latent / 3)
         w = G.style(torch.randn(config.stage2.auto_layer_batch, G.style_dim)).detach()
@@ -139,7 +142,7 @@ def naive_text(clip_model, encoder, ctx):
 
 def naive_select(G, clip_model, w, text, k, chunk):
     """Layer selection as the authors run it: every weight requires a gradient."""
-    from ipl.losses import global_clip_loss
+    from ipl.method.losses import global_clip_loss
 
     G.requires_grad_(True)
     codes = w.unsqueeze(1).repeat(1, G.n_latent, 1).requires_grad_(True)

@@ -16,7 +16,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import yaml
 
@@ -27,8 +27,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    # Registry name (ffhq, metfaces, afhqdog, afhqcat, afhqwild), a checkpoint
-    # path, or "random" for a randomly initialised generator (tests, demo).
+    # The model family: "stylegan2" (the paper's GAN-IPL) or "diffae" (Diff-IPL:
+    # a diffusion autoencoder fine-tuned as DiffusionCLIP does; see the
+    # diffae and diffusionclip sections).
+    kind: Literal["stylegan2", "diffae"] = "stylegan2"
+    # Registry name (ffhq, metfaces, afhqdog, afhqcat, afhqwild; for diffae:
+    # ffhq256_autoenc, ...), a checkpoint path, or "random" for a randomly
+    # initialised model (tests, demo).
     checkpoint: str = "ffhq"
     # Architecture of a "random" generator (ignored for checkpoints, which
     # carry or imply their own).
@@ -294,33 +299,36 @@ def save_config(config, path):
 
 @dataclass(frozen=True)
 class Derived:
-    """Values that follow from the config (and the generator size)."""
+    """Values that follow from the config (and, for StyleGAN2, the generator size)."""
 
     n_ctx: int  # m, the number of prompt vectors
-    n_latent: int  # W+ slots of the generator
-    auto_layer_k: int  # layers Stage 2 trains per step
-    stage2_lr: float
-    stage2_betas: tuple
     run_dir: Path
     cache_dir: Path
+    # StyleGAN2 only (None without a generator size):
+    n_latent: Optional[int] = None  # W+ slots of the generator
+    auto_layer_k: Optional[int] = None  # layers Stage 2 trains per step
+    stage2_lr: Optional[float] = None
+    stage2_betas: Optional[tuple] = None
 
 
-def resolve(config, generator_size):
-    """Compute the derived values once, from the config and the generator size."""
+def resolve(config, generator_size=None):
+    """Compute the derived values once, from the config and (StyleGAN2) the generator size."""
     n_ctx = len(config.prompt.ctx_init.split(" "))
+    run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / config.name
+    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else Path.home() / ".cache" / "ipl"
+    if generator_size is None:
+        return Derived(n_ctx=n_ctx, run_dir=run_dir, cache_dir=cache_dir)
     n_latent = 2 * int(math.log2(generator_size)) - 2
     k = config.stage2.auto_layer_k or int(2 * n_latent / 3)
     if not 1 <= k <= n_latent:
         raise ConfigError(f"stage2.auto_layer_k: must be between 1 and {n_latent} (W+ slots), got {k}")
     ratio = config.stage2.lr_ratio
-    run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / config.name
-    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else Path.home() / ".cache" / "ipl"
     return Derived(
         n_ctx=n_ctx,
+        run_dir=run_dir,
+        cache_dir=cache_dir,
         n_latent=n_latent,
         auto_layer_k=k,
         stage2_lr=config.stage2.lr * ratio,
         stage2_betas=(0.0**ratio, 0.99**ratio),
-        run_dir=run_dir,
-        cache_dir=cache_dir,
     )

@@ -10,18 +10,36 @@ from pathlib import Path
 import yaml
 
 from . import config as config_lib
-from .build import build_clip, build_source_generator, build_stage1_bank
+from .build import build_backend, build_clip
 from .runtime import CheckpointError, choose_device, keep_freed_memory, load_checkpoint
-from .sampling import truncation_centre
-from .stage1 import STAGE1_SCHEMES, load_prompt_model, train_mapper
-from .stage2 import train_generator
+from .stages.stage1 import STAGE1_SCHEMES, load_prompt_model, train_mapper
+from .stages.stage2 import train_generator
 
 log = logging.getLogger(__name__)
 
 # Config sections a trained mapper depends on: a run may reuse (or resume) a
-# Stage-1 checkpoint only if these agree.
-STAGE1_KEYS = ("generator.checkpoint", "generator.size", "generator.style_dim", "generator.seed", "clip.model", "clip.antialias", "prompt", "mapper", "stage1")
-STAGE2_KEYS = STAGE1_KEYS + ("stage2",)
+# Stage-1 checkpoint only if these agree. Per generator kind: the source
+# model's own settings, then what every kind shares.
+_MODEL_KEYS = {
+    "stylegan2": ("generator.checkpoint", "generator.size", "generator.style_dim", "generator.seed"),
+    "diffae": ("generator.checkpoint", "generator.seed", "diffae", "data"),
+}
+_SHARED_STAGE1_KEYS = ("clip.model", "clip.antialias", "prompt", "mapper", "stage1")
+_STAGE2_SECTIONS = {"stylegan2": ("stage2",), "diffae": ("stage2", "diffusionclip")}
+
+
+def stage1_keys(kind="stylegan2"):
+    """Dotted config keys a Stage-1 checkpoint of a ``kind`` run depends on."""
+    return ("generator.kind",) + _MODEL_KEYS[kind] + _SHARED_STAGE1_KEYS
+
+
+def stage2_keys(kind="stylegan2"):
+    """Dotted config keys a Stage-2 checkpoint of a ``kind`` run depends on."""
+    return stage1_keys(kind) + _STAGE2_SECTIONS[kind]
+
+
+STAGE1_KEYS = stage1_keys()
+STAGE2_KEYS = stage2_keys()
 # Settings that change speed or memory, never results; they may differ on resume.
 NEUTRAL_KEYS = ("generator.render_chunk", "stage1.images", "stage1.log_every", "stage1.checkpoint_every", "stage2.chunk", "stage2.log_every", "stage2.checkpoint_every", "stage2.output_interval")
 
@@ -42,7 +60,12 @@ def _flatten(data, prefix=""):
 
 
 def config_differences(saved, current, keys):
-    """Dotted keys (under ``keys``) whose values differ, ignoring neutral ones."""
+    """Dotted keys (under ``keys``) whose values differ, ignoring neutral ones.
+
+    ``saved`` is read as a config first, so that a checkpoint written before
+    a field existed compares as that field's default.
+    """
+    saved = config_lib.to_dict(config_lib.from_dict(saved))
     diffs = []
     for key in keys:
         a, b = _flatten(_get(saved, key), key), _flatten(_get(current, key), key)
@@ -61,20 +84,19 @@ def check_compatible(path, ckpt, config, keys, what):
         )
 
 
-def write_run_config(config, derived, run_dir):
+def write_run_config(config, derived, backend, run_dir):
     """The resolved config (every field) to ``run_dir/config.yaml``, derived values as a header."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     header = (
         "# Resolved configuration of this run (loadable with --config).\n"
-        f"# Derived: n_ctx={derived.n_ctx}, n_latent={derived.n_latent}, auto_layer_k={derived.auto_layer_k}, "
-        f"stage2 lr={derived.stage2_lr:.6g}, stage2 betas=({derived.stage2_betas[0]:.6g}, {derived.stage2_betas[1]:.6g})\n"
+        f"# Derived: n_ctx={derived.n_ctx}, {backend.describe()}\n"
     )
     (run_dir / "config.yaml").write_text(header + yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
 
 
 class Session:
-    """What both stages share: device, source generator, CLIP, derived values."""
+    """What both stages share: device, the backend with its source model, CLIP, derived values."""
 
     def __init__(self, config, device=None, progress=True):
         self.config = config
@@ -82,14 +104,11 @@ class Session:
         if self.device.type == "cpu":
             keep_freed_memory()  # ~1.3x per step on a CPU, see its docstring
         self.progress = progress
-        self.generator, self.generator_info = build_source_generator(config.generator, self.device)
+        self.backend = build_backend(config, self.device)
         self.clip = build_clip(config.clip, self.device)
-        self.derived = config_lib.resolve(config, self.generator.size)
-        # The checkpoint's latent_avg when it has one (as generate.py uses),
-        # else the mean W of 4096 seeded codes.
-        centre, _ = truncation_centre(self.generator_info, generator=self.generator)
-        self.truncation_latent = centre.to(self.device)
-        write_run_config(config, self.derived, self.derived.run_dir)
+        self.derived = config_lib.resolve(config)
+        self.stage1_keys, self.stage2_keys = stage1_keys(config.generator.kind), stage2_keys(config.generator.kind)
+        write_run_config(config, self.derived, self.backend, self.derived.run_dir)
 
     @property
     def run_dir(self):
@@ -100,21 +119,8 @@ class Session:
         config = self.config
         path = self.run_dir / "mapper.pt"
         if resume and path.exists():
-            check_compatible(path, load_checkpoint(path, "mapper"), config, STAGE1_KEYS, "trained")
-        bank = None
-        if config.stage1.images == "bank":
-            bank = build_stage1_bank(config, self.derived, self.generator, self.generator_info, self.clip, self.truncation_latent, progress=self.progress)
-        return train_mapper(
-            config,
-            self.generator,
-            self.clip,
-            self.run_dir,
-            self.device,
-            bank=bank,
-            truncation_latent=self.truncation_latent,
-            resume=resume,
-            progress=self.progress,
-        )
+            check_compatible(path, load_checkpoint(path, "mapper"), config, self.stage1_keys, "trained")
+        return train_mapper(config, self.backend, self.clip, self.run_dir, self.device, resume=resume, progress=self.progress)
 
     def stage2(self, mapper_path=None, resume=False):
         """Train (or resume) Stage 2; returns the path of ``generator.pt``."""
@@ -134,19 +140,8 @@ class Session:
                 )
         path = self.run_dir / "stage2.pt"
         if resume and path.exists():
-            check_compatible(path, load_checkpoint(path, "g"), config, STAGE2_KEYS, "trained")
-        return train_generator(
-            config,
-            self.generator,
-            self.clip,
-            self.run_dir,
-            self.device,
-            prompt_model=prompt_model,
-            truncation_latent=self.truncation_latent,
-            latent_avg=self.generator_info.get("latent_avg"),
-            resume=resume,
-            progress=self.progress,
-        )
+            check_compatible(path, load_checkpoint(path, "format"), config, self.stage2_keys, "trained")
+        return train_generator(config, self.backend, self.clip, self.run_dir, self.device, prompt_model=prompt_model, resume=resume, progress=self.progress)
 
     def adapt(self, resume=True):
         """Stage 1 (reused when complete, resumed when not), then Stage 2."""
@@ -156,7 +151,7 @@ class Session:
             done = False
             if resume and mapper.exists():
                 ckpt = load_checkpoint(mapper, "mapper")
-                check_compatible(mapper, ckpt, config, STAGE1_KEYS, "trained")
+                check_compatible(mapper, ckpt, config, self.stage1_keys, "trained")
                 done = ckpt["step"] >= config.stage1.iterations
             if done:
                 log.info("reusing the complete Stage-1 checkpoint %s", mapper)

@@ -94,6 +94,15 @@ def load_checkpoint(path, kind):
     return ckpt
 
 
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, over every parameter and buffer."""
+    ema_t = [t.data for t in ema.state_dict(keep_vars=True).values()]
+    model_t = [t.data for t in model.state_dict(keep_vars=True).values()]
+    torch._foreach_mul_(ema_t, decay)
+    torch._foreach_add_(ema_t, model_t, alpha=1 - decay)
+
+
 class StatsLog:
     """Appends one JSON object per logging tick to ``stats.jsonl``."""
 
@@ -155,6 +164,7 @@ __all__ = [
     "atomic_save",
     "check_finite",
     "choose_device",
+    "ema_update",
     "keep_freed_memory",
     "LatentSampler",
     "load_checkpoint",

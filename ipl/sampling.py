@@ -236,7 +236,7 @@ def load_source(spec, adapted, adapted_info, device):
     from stylegan2 import CheckpointError, load_generator
 
     if spec == RECORDED_SOURCE:
-        from .build import build_source_generator
+        from .backends.stylegan2.source import build_source_generator
         from .config import ConfigError, from_dict
 
         run_config = adapted_info.get("extra", {}).get("config")
@@ -270,7 +270,7 @@ def truncation_centre(adapted_info, source_info=None, generator=None):
 
     The adapted checkpoint's ``latent_avg`` when it has one (Stage 2 carries
     the source's over), else the source checkpoint's, else
-    :func:`ipl.build.mean_latent` of ``generator`` (pass the source; its
+    :func:`ipl.backends.stylegan2.mean_latent` of ``generator`` (pass the source; its
     mapping network is the adapted one's). Source and adapted images always
     share one centre, so paired images differ only by the synthesis weights.
     """
@@ -279,7 +279,7 @@ def truncation_centre(adapted_info, source_info=None, generator=None):
             return info["latent_avg"].reshape(1, -1), f"latent_avg of the {who} checkpoint"
     if generator is None:
         raise ValueError("no latent_avg in the checkpoints: pass the generator to compute mean_latent of")
-    from .build import mean_latent
+    from .backends.stylegan2.source import mean_latent
 
     return mean_latent(generator), "mean_latent: mean W of 4096 Z codes drawn from seed 0"
 

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from ipl import cli
-from ipl.evaluate import (
+from ipl.evaluation import (
     METRICS,
     EvalSettings,
     EvaluationError,

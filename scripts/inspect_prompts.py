@@ -13,11 +13,12 @@ import torch
 
 from ipl import cli
 from ipl import config as config_lib
-from ipl.build import build_clip, build_source_generator
+from ipl.backends.stylegan2 import build_source_generator
+from ipl.build import build_clip
 from ipl.inspect import decode_token, mean_pairwise_cosine, nearest_tokens, per_position_cosine
 from ipl.runtime import choose_device
 from ipl.sampling import parse_seeds, z_from_seeds
-from ipl.stage1 import load_prompt_model
+from ipl.stages.stage1 import load_prompt_model
 
 
 def main():

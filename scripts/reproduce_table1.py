@@ -14,16 +14,8 @@ Writes RUNS_ROOT/table1.md and table1.json.
 import argparse
 
 from ipl import cli
-from ipl.evaluate import (
-    PAPER_TABLE1,
-    EvalSettings,
-    EvaluationError,
-    describe_plan,
-    load_metric_networks,
-    parse_metrics,
-    plan_table1,
-    run_table1,
-)
+from ipl.evaluation import EvalSettings, EvaluationError, load_metric_networks, parse_metrics
+from ipl.table1 import PAPER_TABLE1, describe_plan, plan_table1, run_table1
 from ipl.metrics import MissingWeightsError
 from ipl.runtime import choose_device
 

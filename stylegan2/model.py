@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import FusedLeakyReLU, fused_leaky_relu, upfirdn2d
+from .ops import FusedLeakyReLU, upfirdn2d
+from .ops.layers import EqualLinear, PixelNorm
 
 CONV_IMPLS = ("auto", "grouped", "shared")
 RESAMPLE_IMPLS = ("fast", "ref")
@@ -137,11 +138,6 @@ def upsample2x_transposed(x, f, pad0):
     return F.conv_transpose2d(x, weight, stride=2, padding=k - 1 - pad0, groups=channels)
 
 
-class PixelNorm(nn.Module):
-    def forward(self, x):
-        return x * torch.rsqrt(torch.mean(x**2, dim=1, keepdim=True) + 1e-8)
-
-
 class Upsample(nn.Module):
     """2x FIR upsampling (used on the RGB skip connections)."""
 
@@ -181,31 +177,6 @@ class Blur(nn.Module):
             return fir_filter(x, self.kernel, self.pad[0], bias)
         out = upfirdn2d(x, self.kernel, pad=self.pad)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
-
-
-class EqualLinear(nn.Module):
-    """Linear layer with equalised learning rate (weights stored as w / lr_mul)."""
-
-    def __init__(self, in_dim, out_dim, bias=True, bias_init=0.0, lr_mul=1.0, activation=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
-        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
-        self.activation = activation
-        self.scale = lr_mul / math.sqrt(in_dim)
-        self.lr_mul = lr_mul
-
-    def forward(self, x):
-        # x @ (scale W)^T == scale (x @ W^T): scaling the small output spares
-        # a scaled copy of the weight on every call.
-        bias = self.bias * self.lr_mul if self.bias is not None else None
-        out = F.linear(x, self.weight) * self.scale
-        if self.activation:
-            return fused_leaky_relu(out, bias)
-        return out if bias is None else out + bias
-
-    def extra_repr(self):
-        out_dim, in_dim = self.weight.shape
-        return f"{in_dim}, {out_dim}, lr_mul={self.lr_mul}, activation={self.activation}"
 
 
 def modulated_conv2d(x, weight, styles, demodulate=True, up=False, down=False, padding=0, gain=1.0, bias=None, impl="shared"):

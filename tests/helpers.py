@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from ipl import config as config_lib
-from ipl.build import build_clip, build_source_generator, mean_latent
+from ipl.backends.stylegan2 import StyleGAN2Backend, mean_latent
+from ipl.build import build_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,11 +49,12 @@ def tiny_config(tmp_path, *overrides):
 
 
 class Tiny:
-    """A tiny source generator and CLIP built from a config."""
+    """A tiny StyleGAN2 backend (its source generator) and CLIP built from a config."""
 
     def __init__(self, config):
         self.config = config
-        self.generator, self.info = build_source_generator(config.generator, "cpu")
+        self.backend = StyleGAN2Backend(config, "cpu")
+        self.generator, self.info = self.backend.generator, self.backend.info
         self.clip = build_clip(config.clip, "cpu")
         self.derived = config_lib.resolve(config, self.generator.size)
         self.truncation_latent = mean_latent(self.generator)

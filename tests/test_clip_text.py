@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ipl.clip import IMAGENET_TEMPLATES, ClipWeightsError, build_random_clip, load_clip
-from ipl.prompts import PromptTextEncoder, check_ctx_init
+from ipl.method.prompts import PromptTextEncoder, check_ctx_init
 
 
 @pytest.fixture(scope="module")

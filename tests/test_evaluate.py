@@ -1,4 +1,4 @@
-"""Evaluation (ipl.evaluate, scripts/evaluate.py) and the Table-1 reproduction, on tiny
+"""Evaluation (ipl.evaluation, scripts/evaluate.py) and the Table-1 reproduction, on tiny
 generators and randomly initialised metric networks (CPU)."""
 
 import copy
@@ -15,10 +15,11 @@ import torch
 from helpers import TINY_OVERRIDES, run_script
 from PIL import Image
 
-import ipl.evaluate as E
+import ipl.evaluation as E
+import ipl.table1 as T
 from ipl import config as config_lib
 from ipl import metrics as M
-from ipl.build import build_source_generator, mean_latent
+from ipl.backends.stylegan2 import build_source_generator, mean_latent
 from ipl.clip import load_clip
 from ipl.sampling import load_adapted, render, truncation_centre, z_from_seeds
 from stylegan2 import CheckpointError, save_generator
@@ -311,25 +312,25 @@ def _paper_sifid(shared):
 def test_paper_numbers_match_the_reference_and_the_paper_text(shared):
     reference, paper = _reference_table(shared), _paper_sifid(shared)
     assert len(reference) == 10 and len(paper) == 10
-    for key, (dataset, task, is_, scs, id_, sifid_nada, sifid_ipl) in E.PAPER_TABLE1.items():
+    for key, (dataset, task, is_, scs, id_, sifid_nada, sifid_ipl) in T.PAPER_TABLE1.items():
         assert reference[f"{dataset} {task}"] == [*is_, *scs, *id_], key
         assert paper[task] == [*is_, *scs, *id_, *sifid_nada, *sifid_ipl], key
-    assert E.paper_metrics("ffhq_elf", "ipl") == {"is": 2.778, "scs": 0.491, "id": 0.772, "sifid_R1": 0.690, "sifid_R2": 0.637, "sifid_R3": 0.701}
-    assert E.paper_metrics("tiny", "ipl") is None
-    assert sorted(E.PAPER_TABLE1) == sorted(p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != "tiny")
+    assert T.paper_metrics("ffhq_elf", "ipl") == {"is": 2.778, "scs": 0.491, "id": 0.772, "sifid_R1": 0.690, "sifid_R2": 0.637, "sifid_R3": 0.701}
+    assert T.paper_metrics("tiny", "ipl") is None
+    assert sorted(T.PAPER_TABLE1) == sorted(p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != "tiny")
 
 
 def test_table1_keeps_the_lambda_with_the_better_is_and_reports_differences(shared):
-    runs = E.plan_table1(["ffhq_disney"], E.EvalSettings(), runs_root="r")
+    runs = T.plan_table1(["ffhq_disney"], E.EvalSettings(), runs_root="r")
     records = {
         "ffhq_disney_nada": {"metrics": {"is": 2.5, "scs": 0.4, "id": 0.7}},
         "ffhq_disney_ipl_lambda1": {"metrics": {"is": 2.9, "scs": 0.45, "id": 0.8}},
         "ffhq_disney_ipl_lambda10": {"metrics": {"is": 3.1, "scs": 0.41, "id": 0.75}},
     }
-    summary = E.summarize_table1(runs, records)
+    summary = T.summarize_table1(runs, records)
     row = summary["ffhq_disney"]
     assert row["ipl_lambda"] == "10" and row["ipl"] == records["ffhq_disney_ipl_lambda10"]["metrics"]
-    md = E.table1_markdown(summary)
+    md = T.table1_markdown(summary)
     paper_is = _reference_table(shared)["FFHQ Photo→Disney"][:2]
     diff_section = md.split("## Ours − paper")[1].split("##")[0]
     assert f"| FFHQ Photo→Disney | {2.5 - paper_is[0]:+.3f} | {3.1 - paper_is[1]:+.3f} |" in diff_section
@@ -347,7 +348,7 @@ def test_dry_run_plans_every_run_without_weights_or_network(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "load", forbidden)
     monkeypatch.setattr(socket.socket, "connect", forbidden)
-    monkeypatch.setattr(E, "run_table1", forbidden)
+    monkeypatch.setattr(T, "run_table1", forbidden)
     monkeypatch.setattr(E, "load_metric_networks", forbidden)
     monkeypatch.setattr("ipl.clip.load_clip", forbidden)
     monkeypatch.setattr("ipl.pipeline.Session", forbidden)
@@ -361,7 +362,7 @@ def test_dry_run_plans_every_run_without_weights_or_network(tmp_path, monkeypatc
     assert len(runs) == 30
     dirs = {d for *_, d in runs}
     assert len(dirs) == 30
-    for key in E.PAPER_TABLE1:
+    for key in T.PAPER_TABLE1:
         for suffix in ("nada", "ipl_lambda1", "ipl_lambda10"):
             assert str(root / f"{key}_{suffix}") in dirs
     blocks = out.split("\n[")
@@ -377,11 +378,11 @@ def test_dry_run_plans_every_run_without_weights_or_network(tmp_path, monkeypatc
 
 def test_plan_adds_sifid_with_references_and_names_missing_folders(tmp_path):
     (tmp_path / "refs" / "ffhq_elf").mkdir(parents=True)
-    runs = E.plan_table1(["ffhq_elf"], E.EvalSettings(), runs_root=tmp_path, refs_root=tmp_path / "refs", lambdas=(1,))
+    runs = T.plan_table1(["ffhq_elf"], E.EvalSettings(), runs_root=tmp_path, refs_root=tmp_path / "refs", lambdas=(1,))
     assert [r.name for r in runs] == ["ffhq_elf_nada", "ffhq_elf_ipl_lambda1"]
     assert all(r.settings.metrics == ("is", "sifid", "scs", "id", "diversity", "clip") for r in runs)
     with pytest.raises(config_lib.ConfigError, match=r"refs/ffhq_disney"):
-        E.plan_table1(["ffhq_disney"], E.EvalSettings(), runs_root=tmp_path, refs_root=tmp_path / "refs")
+        T.plan_table1(["ffhq_disney"], E.EvalSettings(), runs_root=tmp_path, refs_root=tmp_path / "refs")
 
 
 @pytest.mark.slow  # three tiny Stage 1 + 2 runs: 3-20 s on a shared CPU
@@ -389,7 +390,7 @@ def test_reproduction_runs_end_to_end_and_resumes_without_redoing_work(tmp_path,
     overrides = TINY_OVERRIDES + [f"cache_dir={tmp_path / 'cache'}", "stage1.iterations=3", "stage2.iterations=2"]
     settings = E.EvalSettings(metrics=("is", "scs", "id", "diversity", "clip"), **SMALL)
     root = tmp_path / "runs"
-    runs = E.plan_table1([str(REPO / "configs" / "tiny.yaml")], settings, runs_root=root, overrides=overrides)
+    runs = T.plan_table1([str(REPO / "configs" / "tiny.yaml")], settings, runs_root=root, overrides=overrides)
     loads = []
 
     def load_networks(names):
@@ -397,7 +398,7 @@ def test_reproduction_runs_end_to_end_and_resumes_without_redoing_work(tmp_path,
         return networks
 
     with caplog.at_level(logging.WARNING):
-        summary = E.run_table1(runs, device=torch.device("cpu"), load_networks=load_networks, runs_root=root, progress=False)
+        summary = T.run_table1(runs, device=torch.device("cpu"), load_networks=load_networks, runs_root=root, progress=False)
     assert loads == [{"inception", "hed", "clip", "lpips"}]  # once; the random source is no face: ID on CLIP features
     assert "mapping networks" not in caplog.text  # the recorded source is the one each run was adapted from
 
@@ -422,15 +423,15 @@ def test_reproduction_runs_end_to_end_and_resumes_without_redoing_work(tmp_path,
     def no_work(*args):
         raise AssertionError("finished work was redone")
 
-    again = E.run_table1(runs, device=torch.device("cpu"), load_networks=no_work, runs_root=root, progress=False, adapt=no_work)
+    again = T.run_table1(runs, device=torch.device("cpu"), load_networks=no_work, runs_root=root, progress=False, adapt=no_work)
     assert again["tiny"]["ipl_lambda"] == best and again["tiny"]["nada"] == json.loads(json.dumps(row["nada"]))
 
     # Other evaluation settings: evaluated again, never retrained.
-    runs_n = E.plan_table1([str(REPO / "configs" / "tiny.yaml")], E.EvalSettings(**{**SMALL, "n": 13}, metrics=("is",)), runs_root=root, overrides=overrides)
-    E.run_table1(runs_n, device=torch.device("cpu"), load_networks=lambda names: networks, runs_root=root, progress=False, adapt=no_work)
+    runs_n = T.plan_table1([str(REPO / "configs" / "tiny.yaml")], E.EvalSettings(**{**SMALL, "n": 13}, metrics=("is",)), runs_root=root, overrides=overrides)
+    T.run_table1(runs_n, device=torch.device("cpu"), load_networks=lambda names: networks, runs_root=root, progress=False, adapt=no_work)
     assert json.loads((runs[0].run_dir / "metrics.json").read_text())["settings"]["n"] == 13
 
     # Another configuration in the same run directories is refused.
-    changed = E.plan_table1([str(REPO / "configs" / "tiny.yaml")], settings, runs_root=root, overrides=overrides + ["stage2.lr=0.001"])
+    changed = T.plan_table1([str(REPO / "configs" / "tiny.yaml")], settings, runs_root=root, overrides=overrides + ["stage2.lr=0.001"])
     with pytest.raises(CheckpointError, match="stage2.lr"):
-        E.run_table1(changed, device=torch.device("cpu"), load_networks=no_work, runs_root=root, progress=False, adapt=no_work)
+        T.run_table1(changed, device=torch.device("cpu"), load_networks=no_work, runs_root=root, progress=False, adapt=no_work)

@@ -10,7 +10,7 @@ from helpers import run_script
 from PIL import Image
 
 from ipl import config as config_lib
-from ipl.build import build_source_generator, mean_latent
+from ipl.backends.stylegan2 import build_source_generator, mean_latent
 from ipl.sampling import (
     alpha_strip,
     blend_generators,

@@ -10,7 +10,7 @@ from helpers import Tiny, tiny_config
 
 from ipl.clip import load_clip
 from ipl.inspect import decode_token, mean_pairwise_cosine, nearest_tokens, per_position_cosine
-from ipl.stage1 import train_mapper
+from ipl.stages.stage1 import train_mapper
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,9 +36,9 @@ def test_pairwise_cosine_measures():
 
 
 def test_inspect_prompts_script(tmp_path):
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, "stage1.images=fresh")
     tiny = Tiny(cfg)
-    path = train_mapper(cfg, tiny.generator, tiny.clip, tmp_path / "run", "cpu", progress=False)
+    path = train_mapper(cfg, tiny.backend, tiny.clip, tmp_path / "run", "cpu", progress=False)
     out = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "inspect_prompts.py"), "--mapper", str(path), "--seeds", "0-2", "--device", "cpu"],
         capture_output=True,

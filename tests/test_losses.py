@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ipl import losses
+from ipl.method import losses
 
 S2 = math.sqrt(2)
 

@@ -4,11 +4,10 @@ import pytest
 import torch
 from helpers import Tiny, naive_equal_linear, tiny_config
 
-import ipl.stage1 as stage1
-from ipl.bank import SourceBank, build_bank, latents_to_w, render_features
-from ipl.build import bank_fields, build_stage1_bank
+import ipl.stages.stage1 as stage1
+from ipl.backends.stylegan2 import SourceBank, bank_fields, build_bank, build_stage1_bank, latents_to_w, render_features
 from ipl.config import MapperConfig
-from ipl.mapper import FixedPrompts, LatentMapper, build_prompt_model
+from ipl.method.mapper import FixedPrompts, LatentMapper, build_prompt_model
 from ipl.runtime import LatentSampler, TrainingDiverged
 
 
@@ -83,7 +82,7 @@ def test_bank_is_reused_extended_and_keyed(tiny, tmp_path, monkeypatch):
         calls.append(w.shape[0])
         return real(generator, clip, w, chunk, antialias)
 
-    monkeypatch.setattr("ipl.bank.render_features", counting)
+    monkeypatch.setattr("ipl.backends.stylegan2.bank.render_features", counting)
     path, fields = tmp_path / "b.pt", {"k": 1}
     first = build_bank(path, fields, G, clip_model, steps=2, batch=4, seed=5, progress=False)
     assert sum(calls) == 8
@@ -116,10 +115,9 @@ def test_bank_key_covers_what_the_pairs_depend_on(tiny, tmp_path):
 
 
 def train(tiny, run_dir, *overrides, resume=False, bank=True):
-    cfg = tiny_config(run_dir.parent, f"run_dir={run_dir}", *overrides)
+    cfg = tiny_config(run_dir.parent, f"run_dir={run_dir}", f"stage1.images={'bank' if bank else 'fresh'}", *overrides)
     t = Tiny(cfg)
-    source_bank = build_stage1_bank(cfg, t.derived, t.generator, t.info, t.clip, progress=False) if bank else None
-    return stage1.train_mapper(cfg, t.generator, t.clip, run_dir, "cpu", bank=source_bank, resume=resume, progress=False)
+    return stage1.train_mapper(cfg, t.backend, t.clip, run_dir, "cpu", resume=resume, progress=False)
 
 
 def test_checkpoint_is_plain_data_and_rebuilds_the_mapper(tiny, tmp_path):
@@ -182,7 +180,7 @@ def test_schemes_without_prompts_have_no_stage1(tiny, tmp_path):
 def test_bank_and_fresh_images_see_the_same_pairs(tiny, tmp_path):
     # The mapper sees identical latents in both modes; only rendering noise differs.
     cfg = tiny.config
-    bank = build_stage1_bank(cfg, tiny.derived, tiny.generator, tiny.info, tiny.clip, progress=False)
+    bank = build_stage1_bank(cfg, tiny.derived.cache_dir, tiny.generator, tiny.info, tiny.clip, progress=False)
     assert isinstance(bank, SourceBank) and len(bank) == cfg.stage1.iterations * cfg.stage1.batch
     sampler = LatentSampler(cfg.stage1.seed, cfg.stage1.batch, tiny.generator.style_dim)
     for step in range(cfg.stage1.iterations):
@@ -191,7 +189,7 @@ def test_bank_and_fresh_images_see_the_same_pairs(tiny, tmp_path):
 
 def test_official_text_features_add_the_handwritten_template(tiny):
     # f = Norm(E_T(M) + E_T(ctx_init + " {label}.")), e.g. "a photo of a human."
-    from ipl.prompts import PromptTextEncoder, prompt_features, text_constants
+    from ipl.method.prompts import PromptTextEncoder, prompt_features, text_constants
 
     clip_model = tiny.clip
     encoder = PromptTextEncoder(clip_model, "a photo of a", ["human", "tolkien elf"])

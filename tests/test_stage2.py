@@ -6,13 +6,16 @@ import pytest
 import torch
 from helpers import Tiny, tiny_config
 
-import ipl.stage2 as stage2
-from ipl.losses import global_clip_loss, normalize
-from ipl.mapper import FixedPrompts, build_prompt_model
-from ipl.prompts import PromptTextEncoder, text_constants
+import ipl.backends.stylegan2.backend as sg2_backend
+import ipl.backends.stylegan2.selection as selection
+import ipl.stages.stage2 as stage2
+from ipl.method.directions import Directions, build_directions
+from ipl.method.losses import global_clip_loss, normalize
+from ipl.method.mapper import FixedPrompts, build_prompt_model
+from ipl.method.prompts import PromptTextEncoder, text_constants
 from ipl.runtime import TrainingDiverged
 from ipl.sampling import grid, read_png, render, z_from_seeds
-from ipl.stage1 import load_prompt_model, train_mapper
+from ipl.stages.stage1 import load_prompt_model, train_mapper
 from stylegan2 import load_generator
 
 
@@ -24,8 +27,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_mapper(tiny, tmp_path_factory):
     run = tmp_path_factory.mktemp("mapper")
-    cfg = tiny_config(run, f"run_dir={run}")
-    path = train_mapper(cfg, tiny.generator, tiny.clip, run, "cpu", progress=False)
+    cfg = tiny_config(run, f"run_dir={run}", "stage1.images=fresh")
+    path = train_mapper(cfg, tiny.backend, tiny.clip, run, "cpu", progress=False)
     return load_prompt_model(path)[0]
 
 
@@ -42,7 +45,7 @@ def trainable_copy(generator):
 
 def test_official_and_exact_slot_mappings(tiny):
     G = tiny.generator
-    official = stage2.official_slot_layers(G)
+    official = selection.official_slot_layers(G)
     assert official[:4] == [["conv1"], ["to_rgb1"], ["convs.0"], ["convs.1"]]
     assert len(official) == G.n_latent
 
@@ -57,7 +60,7 @@ def test_official_and_exact_slot_mappings(tiny):
     for hook_owner in G.modules():
         hook_owner._forward_hooks.clear()
     reads = {name: next(j for j in range(G.n_latent) if torch.equal(x, wplus[:, j])) for name, x in seen.items()}
-    exact = stage2.exact_slot_layers(G)
+    exact = selection.exact_slot_layers(G)
     for j, names in enumerate(exact):
         assert sorted(names) == sorted(n for n, s in reads.items() if s == j)
     # The official mapping is off by one for every conv: convs.i reads slot i + 1.
@@ -79,7 +82,7 @@ def naive_layer_selection(generator, clip_model, w, text_feature, k, noise, iter
     weights_got_gradients = all(p.grad is not None for _, layer in generator.adaptable_layers() for p in layer.parameters())
     score = (codes.detach() - w0).abs().mean(-1).mean(0)
     slots = torch.topk(score, k).indices.tolist()
-    return sorted(n for s in slots for n in stage2.official_slot_layers(generator)[s]), weights_got_gradients
+    return sorted(n for s in slots for n in selection.official_slot_layers(generator)[s]), weights_got_gradients
 
 
 @pytest.mark.parametrize("iters", [1, 2])
@@ -89,11 +92,11 @@ def test_gradient_only_selection_equals_the_naive_way(tiny, iters):
     w = G.style(torch.randn(4, G.style_dim)).detach()
     noise = [torch.randn(4, 1, *n.shape[2:]) for n in G.make_noise()]
     text = tiny.clip.encode_text(["tolkien elf"])[0]
-    ours = stage2.select_layers(G, tiny.clip, w, text, k=4, iters=iters, noise=noise)
+    ours = selection.select_layers(G, tiny.clip, w, text, k=4, iters=iters, noise=noise)
     assert all(not p.requires_grad for p in G.parameters())  # no weight gradients were needed
     naive, graded = naive_layer_selection(copy.deepcopy(G), tiny.clip, w, text, 4, noise, iters)
     assert graded and ours == naive and len(ours) == 4
-    chunked = stage2.select_layers(G, tiny.clip, w, text, k=4, iters=iters, noise=noise, chunk=1)
+    chunked = selection.select_layers(G, tiny.clip, w, text, k=4, iters=iters, noise=noise, chunk=1)
     assert chunked == ours
 
 
@@ -107,7 +110,7 @@ def constants(tiny):
 
 def directions_for(tiny, constants, model, handwritten="ctx_init"):
     encoder = PromptTextEncoder(tiny.clip, "a photo of a", ["human", "tolkien elf"])
-    return stage2.Directions("adaptive", tiny.clip, constants, model, encoder, handwritten)
+    return Directions("adaptive", tiny.clip, constants, model, encoder, handwritten)
 
 
 def test_a_mapper_that_ignores_its_input_gives_one_shared_direction(tiny, constants):
@@ -138,7 +141,7 @@ def test_official_stage2_handwritten_text_is_ctx_init_alone(tiny, constants, tra
 
 
 def test_manual_direction_is_nadas_template_direction(tiny, constants):
-    d = stage2.Directions("manual", tiny.clip, constants)(torch.randn(3, 16))
+    d = Directions("manual", tiny.clip, constants)(torch.randn(3, 16))
     from ipl.clip import IMAGENET_TEMPLATES
 
     # By hand: one template at a time through the package's encode_text.
@@ -157,9 +160,7 @@ def test_manual_direction_is_nadas_template_direction(tiny, constants):
 
 def run_stage2(tiny, run_dir, *overrides, prompt_model=None, resume=False):
     cfg = tiny_config(run_dir.parent, f"run_dir={run_dir}", *overrides)
-    return stage2.train_generator(
-        cfg, tiny.generator, tiny.clip, run_dir, "cpu", prompt_model=prompt_model, truncation_latent=tiny.truncation_latent, resume=resume, progress=False
-    )
+    return stage2.train_generator(cfg, tiny.backend, tiny.clip, run_dir, "cpu", prompt_model=prompt_model, resume=resume, progress=False)
 
 
 def test_only_selected_layers_train_and_the_rest_never_changes(tiny, trained_mapper, tmp_path):
@@ -209,7 +210,7 @@ def test_resume_reaches_the_uninterrupted_generator(tiny, trained_mapper, tmp_pa
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, trained_mapper, tmp_path, monkeypatch):
-    real = stage2.direction_loss
+    real = sg2_backend.direction_loss
     calls = {"n": 0}
 
     def poisoned(*args):
@@ -217,7 +218,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, trained_
         loss = real(*args)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(stage2, "direction_loss", poisoned)
+    monkeypatch.setattr(sg2_backend, "direction_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 4.*stage2.pt"):
         run_stage2(tiny, tmp_path / "run", prompt_model=trained_mapper)
     ckpt = torch.load(tmp_path / "run" / "stage2.pt", weights_only=True)
@@ -233,7 +234,7 @@ def test_schemes_without_a_mapper_checkpoint_run(tiny, tmp_path, scheme):
 
 def test_random_scheme_uses_the_untrained_stage1_mapper(tiny):
     cfg = tiny.config
-    directions, _ = stage2.build_directions(tiny_config_with(cfg, "random"), tiny.clip, tiny.generator)
+    directions, _ = build_directions(tiny_config_with(cfg, "random"), tiny.clip, tiny.generator.style_dim)
     fresh = build_prompt_model("adaptive", 16, 4, tiny.clip.token_dim, cfg.mapper, seed=cfg.stage1.seed)
     for p, q in zip(directions.prompt_model.parameters(), fresh.parameters()):
         assert torch.equal(p, q)

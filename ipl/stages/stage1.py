@@ -1,8 +1,10 @@
 """Stage 1: image-specific prompt learning (train the latent mapper F).
 
-Each step: latents w -> prompt vectors F(w) -> source and target prompt
-features (one batched text-encoder call) -> contrastive loss against the CLIP
-features of G_s(w) plus lambda times the domain regularisation (Eq. 6).
+Each step: codes c (StyleGAN2's w, Diff-AE's z_sem) -> prompt vectors F(c)
+-> source and target prompt features (one batched text-encoder call) ->
+contrastive loss against the CLIP features of the source images plus lambda
+times the domain regularisation (Eq. 6). The pairs (c, image feature) come
+from the backend; the loop never sees a generator.
 """
 
 import time
@@ -11,14 +13,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import config as config_lib
-from .bank import latents_to_w, render_features
-from .losses import stage1_losses
-from .mapper import build_prompt_model
-from .prompts import PromptTextEncoder, prompt_features, text_constants
-from .runtime import (
+from .. import config as config_lib
+from ..method.losses import stage1_losses
+from ..method.mapper import build_prompt_model
+from ..method.prompts import PromptTextEncoder, prompt_features, text_constants
+from ..runtime import (
     CHECKPOINT_FORMAT,
-    LatentSampler,
     StatsLog,
     atomic_save,
     check_finite,
@@ -37,11 +37,11 @@ def ctx_init_embedding(clip_model, ctx_init, n_ctx):
         return clip_model.embed_tokens(clip_model.tokenize([ctx_init]))[0, 1 : 1 + n_ctx].float()
 
 
-def prompt_model_meta(config, generator, clip_model, n_ctx):
+def prompt_model_meta(config, code_dim, clip_model, n_ctx):
     """What a saved prompt model needs to be rebuilt without flags."""
     return {
         "scheme": config.prompt.scheme,
-        "w_dim": generator.style_dim,
+        "w_dim": code_dim,
         "n_ctx": n_ctx,
         "token_dim": clip_model.token_dim,
         "ctx_init": config.prompt.ctx_init,
@@ -62,18 +62,17 @@ def load_prompt_model(path, device="cpu"):
     return model.to(device).eval().requires_grad_(False), ckpt
 
 
-def train_mapper(config, generator, clip_model, run_dir, device, bank=None, truncation_latent=None, resume=False, progress=True):
+def train_mapper(config, backend, clip_model, run_dir, device, resume=False, progress=True):
     """Train the Stage-1 prompt model and write ``run_dir/mapper.pt``.
 
     Args:
         config: The run's :class:`ipl.config.Config` (``stage1``, ``prompt``,
-            ``mapper``, ``clip.antialias``, ``generator.render_chunk`` are used).
-        generator: The frozen source generator G_s (on ``device``).
+            ``mapper``, ``cache_dir`` and what the backend's pairs depend on).
+        backend: An :class:`ipl.backends.base.Backend`; its
+            ``stage1_pairs`` give each step's (code, image feature) pairs and
+            its ``code_dim`` the mapper's input width.
         clip_model: :class:`ipl.clip.FrozenCLIP` (on ``device``).
         run_dir: Output folder (``mapper.pt``, ``stats_stage1.jsonl``).
-        bank: A :class:`ipl.bank.SourceBank` to draw (w, feature) pairs from,
-            or ``None`` to render fresh images every step.
-        truncation_latent: Mean W, needed when ``stage1.truncation < 1``.
         resume: Continue from ``run_dir/mapper.pt`` if it exists.
 
     Returns:
@@ -84,7 +83,6 @@ def train_mapper(config, generator, clip_model, run_dir, device, bank=None, trun
         raise ValueError(f"prompt.scheme {prompt.scheme!r} learns no prompts: Stage 1 is for {' and '.join(STAGE1_SCHEMES)}")
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "mapper.pt"
-    antialias, chunk = config.clip.antialias, config.generator.render_chunk
 
     # Text that never changes: templates and hand-written prompts, once.
     encoder = PromptTextEncoder(clip_model, prompt.ctx_init, [prompt.source_class, prompt.target_class])
@@ -96,7 +94,7 @@ def train_mapper(config, generator, clip_model, run_dir, device, bank=None, trun
     n_ctx = encoder.n_ctx
     model = build_prompt_model(
         config.prompt.scheme,
-        generator.style_dim,
+        backend.code_dim,
         n_ctx,
         clip_model.token_dim,
         config.mapper,
@@ -105,15 +103,17 @@ def train_mapper(config, generator, clip_model, run_dir, device, bank=None, trun
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=c1.lr)
 
-    # Latents: the same seeded stream in "bank" and "fresh" modes.
-    torch.manual_seed(c1.seed)  # rendering noise of fresh images
-    sampler = LatentSampler(c1.seed, c1.batch, generator.style_dim)
+    # The (code, image feature) pairs of every step, then the stage's seed
+    # (the rendering noise of fresh images comes from the global generator).
+    pairs = backend.stage1_pairs(config, clip_model, config_lib.resolve(config).cache_dir, progress=progress)
+    torch.manual_seed(c1.seed)
     start = 0
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, "mapper")
         model.load_state_dict(ckpt["mapper"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"], sampler)
+        set_rng_state(ckpt["rng"])
+        pairs.load_state(ckpt["rng"])
         start = ckpt["step"]
     log = StatsLog(run_dir / "stats_stage1.jsonl", resume=start > 0)
     log.truncate_after(start)
@@ -124,10 +124,10 @@ def train_mapper(config, generator, clip_model, run_dir, device, bank=None, trun
                 "format": CHECKPOINT_FORMAT,
                 "config": config_lib.to_dict(config),
                 "step": step,
-                "prompt": prompt_model_meta(config, generator, clip_model, n_ctx),
+                "prompt": prompt_model_meta(config, backend.code_dim, clip_model, n_ctx),
                 "mapper": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "rng": rng_state(sampler),
+                "rng": {**rng_state(), **pairs.state()},
             },
             ckpt_path,
         )
@@ -135,15 +135,10 @@ def train_mapper(config, generator, clip_model, run_dir, device, bank=None, trun
     bar = tqdm(range(start, c1.iterations), desc="stage 1", initial=start, total=c1.iterations, disable=not progress)
     tick, last_logged = time.time(), start
     for step in bar:
-        # Source pairs (w, E_I(G_s(w))): from the bank, or rendered now.
-        if bank is not None:
-            w, image_features = bank.batch(step, c1.batch, device)
-        else:
-            w = latents_to_w(generator, sampler().to(device), c1.truncation, truncation_latent)
-            image_features = render_features(generator, clip_model, w, chunk, antialias)
+        codes, image_features = pairs.batch(step, device)
 
         # Prompts -> features of every source and target prompt in one call.
-        source, target = prompt_features(encoder, model(w), handwritten)
+        source, target = prompt_features(encoder, model(codes), handwritten)
         terms = stage1_losses(
             image_features,
             source,

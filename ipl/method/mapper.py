@@ -9,7 +9,7 @@ seeded ``LatentMapper`` ("random").
 import torch
 from torch import nn
 
-from stylegan2.model import EqualLinear, PixelNorm
+from stylegan2.ops.layers import EqualLinear, PixelNorm
 
 
 class LatentMapper(nn.Module):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .runtime import LatentSampler, atomic_save
+from ...runtime import LatentSampler, atomic_save
 
 BANK_FORMAT = 1
 
@@ -123,3 +123,41 @@ def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncati
             atomic_save(bank.state(), path)
     bar.close()
     return bank
+
+
+def bank_fields(config, generator_info, clip_model):
+    """Everything the (w, feature) pairs of a source-feature bank depend on."""
+    from clip import available_models
+
+    c1 = config.stage1
+    return {
+        "generator": generator_info["fingerprint"],
+        # Random CLIPs are identified by their seed too.
+        "clip": config.clip.model if config.clip.model in available_models() else f"{config.clip.model}@seed{config.clip.seed}",
+        "clip_dtype": str(clip_model.dtype),
+        "clip_resolution": clip_model.input_resolution,
+        "antialias": config.clip.antialias,
+        "truncation": c1.truncation,
+        "seed": c1.seed,
+        "batch": c1.batch,
+    }
+
+
+def build_stage1_bank(config, cache_dir, generator, generator_info, clip_model, truncation_latent=None, progress=True):
+    """Load or build the source-feature bank a Stage-1 run draws from (under ``cache_dir/banks``)."""
+    fields = bank_fields(config, generator_info, clip_model)
+    path = Path(cache_dir) / "banks" / f"bank-{bank_key(fields)}.pt"
+    return build_bank(
+        path,
+        fields,
+        generator,
+        clip_model,
+        steps=config.stage1.iterations,
+        batch=config.stage1.batch,
+        seed=config.stage1.seed,
+        truncation=config.stage1.truncation,
+        truncation_latent=truncation_latent,
+        chunk=config.generator.render_chunk,
+        antialias=config.clip.antialias,
+        progress=progress,
+    )

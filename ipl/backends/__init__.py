@@ -1,0 +1,1 @@
+"""Generative-model backends: what the IPL stages need from a generator, per model family."""

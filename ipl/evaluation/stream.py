@@ -1,0 +1,240 @@
+"""One rendering pass, several metrics: source and adapted images from the same seeds, streamed.
+
+Source and adapted images are rendered from the same seeds, batch by batch,
+and every requested metric consumes the one stream of batches at the same
+time (each in its own thread, see :func:`fan_out`), so the images are
+rendered once and never all held in memory. The metrics are the
+``ipl.metrics`` functions, called unchanged.
+"""
+
+import itertools
+import math
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..sampling import render, to_uint8, z_from_seeds
+from .settings import PAIRED_METRICS, EvaluationError, required_networks
+
+REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+# ---------------------------------------------------------------------------
+# Images
+
+
+def quantize_images(images):
+    """Round ``(B, 3, H, W)`` images in [-1, 1] to the 8-bit levels a PNG file stores."""
+    return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def image_pairs(adapted, seeds, *, source=None, batch=8, truncation=1.0, truncation_latent=None, quantize=True):
+    """Yield ``(source_images or None, adapted_images)`` batches, rendered from the same seeds.
+
+    Each image depends only on its seed (``ipl.sampling.render``); batches
+    are rendered on demand, so only one is alive at a time here.
+    """
+    seeds = list(seeds)
+    for start in range(0, len(seeds), batch):
+        z = z_from_seeds(seeds[start : start + batch], adapted.style_dim)
+        images = [None if g is None else render(g, z, truncation, truncation_latent, chunk=batch) for g in (source, adapted)]
+        if quantize:
+            images = [None if x is None else quantize_images(x) for x in images]
+        yield tuple(images)
+
+
+def load_references(folder):
+    """Reference images of a folder, sorted by file name: ``{name: (1, 3, H, W) in [-1, 1]}``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"reference folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
+    if not files:
+        raise EvaluationError(f"no reference images ({', '.join(REFERENCE_SUFFIXES)}) in {folder}")
+    out = {}
+    for p in files:
+        array = np.asarray(Image.open(p).convert("RGB"))
+        out[p.name] = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return out
+
+
+# ---------------------------------------------------------------------------
+# One pass, several metrics
+
+_END = object()
+
+
+class _Consumer:
+    """A metric run in its own thread over the items put in its queue."""
+
+    def __init__(self, name, fn, depth):
+        self.name, self.fn = name, fn
+        self.queue = queue.Queue(maxsize=depth)
+        self.result, self.error, self.ended = None, None, False
+        self.thread = threading.Thread(target=self._run, name=f"metric-{name}", daemon=True)
+
+    def _items(self):
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                self.ended = True
+                return
+            yield item
+
+    def _run(self):
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                self.result = self.fn(self._items())
+        except BaseException as e:  # re-raised by fan_out in the caller's thread
+            self.error = e
+        finally:
+            while not self.ended:  # keep taking items so the producer never blocks
+                self.ended = self.queue.get() is _END
+
+
+def fan_out(items, consumers, depth=2):
+    """Feed one stream to several consumers in a single pass.
+
+    Args:
+        items: Any iterable (e.g. lazily rendered image batches).
+        consumers: ``{name: fn}``, each ``fn(iterable) -> result`` taking the
+            whole stream as an iterable, as the ``ipl.metrics.compute_*``
+            functions do.
+        depth: Items buffered per consumer (bounds memory).
+
+    Returns:
+        ``{name: result}``. The first consumer error is raised here; a
+        failing consumer stops the stream early.
+    """
+    workers = [_Consumer(name, fn, depth) for name, fn in consumers.items()]
+    for w in workers:
+        w.thread.start()
+    try:
+        for item in items:
+            for w in workers:
+                w.queue.put(item)
+            if any(w.error is not None for w in workers):
+                break
+    finally:
+        for w in workers:
+            w.queue.put(_END)
+        for w in workers:
+            w.thread.join()
+    for w in workers:
+        if w.error is not None:
+            raise w.error
+    return {w.name: w.result for w in workers}
+
+
+def _unzip(pairs):
+    """Two lazy streams (sources, adapted) of a stream of pairs, consumed in step."""
+    a, b = itertools.tee(pairs)
+    return (s for s, _ in a), (t for _, t in b)
+
+
+def _adapted_only(pairs):
+    return (t for _, t in pairs)
+
+
+def _on_device(module):
+    """``images -> features`` that first moves the batch to the module's device."""
+    device = getattr(module, "device", None) or next(module.parameters()).device
+    return lambda images: module.encode_images(images.to(device))
+
+
+def evaluate_generators(adapted, networks, settings, *, source=None, truncation_latent=None, references=None, target_text=None, progress=True, desc="evaluate"):
+    """Compute the requested metrics of an adapted generator in one rendering pass.
+
+    Args:
+        adapted: The adapted generator (any device).
+        networks: :class:`MetricNetworks` holding at least
+            ``required_networks(settings)``.
+        settings: :class:`EvalSettings`.
+        source: The source generator; needed for SCS and ID.
+        truncation_latent: Truncation centre ``(1, style_dim)`` shared by both.
+        references: SIFID reference images, a list of ``(1, 3, H, W)`` in
+            [-1, 1]; the results are named R1, R2, ... in this order.
+        target_text: Text of the CLIP score.
+
+    Returns:
+        Flat dict: ``is``, ``is_std``, ``sifid_R1``..., ``scs``, ``id``,
+        ``lpips_diversity``, ``lpips_diversity_std``, ``lpips_cluster_sizes``,
+        ``clip_diversity``, ``clip_score`` (those requested).
+    """
+    from .. import metrics as M
+
+    wanted = settings.metrics
+    networks.check(required_networks(settings))
+    if source is None and any(m in wanted for m in PAIRED_METRICS):
+        raise EvaluationError("SCS and ID compare source and adapted images: a source generator is needed")
+    if "sifid" in wanted and not references:
+        raise EvaluationError("SIFID needs reference images of the target domain (e.g. --refs DIR with R1, R2, R3)")
+    if "clip" in wanted and not target_text:
+        raise EvaluationError("the CLIP score needs a target text (e.g. --target-text 'tolkien elf')")
+
+    consumers = {}
+    if "is" in wanted:
+        consumers["is"] = lambda s: M.compute_inception_score(
+            networks.inception, _adapted_only(s), splits=settings.is_splits, image_size=settings.is_size
+        )
+    if "sifid" in wanted:
+        consumers["sifid"] = lambda s: M.compute_sifid(
+            networks.sifid_stem, _adapted_only(s), list(references), image_size=settings.sifid_size
+        )
+    if "scs" in wanted:
+        consumers["scs"] = lambda s: M.compute_scs(networks.hed, *_unzip(s))
+    if "id" in wanted:
+        if settings.id_net == "arcface":
+            consumers["id"] = lambda s: M.compute_id(networks.arcface, *_unzip(s))
+        else:
+            consumers["id"] = lambda s: M.compute_id(_on_device(networks.clip), *_unzip(s), device="cpu")
+    if "diversity" in wanted:
+        consumers["lpips"] = lambda s: M.compute_intra_cluster_lpips(
+            networks.lpips,
+            _adapted_only(s),
+            num_clusters=settings.lpips_clusters,
+            max_per_cluster=settings.lpips_per_cluster,
+            image_size=settings.lpips_size,
+        )
+        consumers["clip_diversity"] = lambda s: M.compute_clip_diversity(_on_device(networks.clip), _adapted_only(s))
+    if "clip" in wanted:
+        with torch.no_grad():
+            text = networks.clip.encode_text([target_text])[0]
+        consumers["clip_score"] = lambda s: M.compute_clip_score(_on_device(networks.clip), _adapted_only(s), text)
+
+    from tqdm import tqdm
+
+    pairs = image_pairs(
+        adapted,
+        settings.seeds,
+        source=source if any(m in wanted for m in PAIRED_METRICS) else None,
+        batch=settings.batch,
+        truncation=settings.truncation,
+        truncation_latent=truncation_latent,
+        quantize=settings.quantize,
+    )
+    total = math.ceil(settings.n / settings.batch)
+    raw = fan_out(tqdm(pairs, desc=desc, total=total, unit="batch", disable=not progress), consumers)
+
+    out = {}
+    if "is" in raw:
+        out["is"], out["is_std"] = raw["is"]
+    if "sifid" in raw:
+        out.update({f"sifid_R{i + 1}": float(v) for i, v in enumerate(raw["sifid"])})
+    if "scs" in raw:
+        out["scs"] = raw["scs"]
+    if "id" in raw:
+        out["id"] = raw["id"]
+    if "lpips" in raw:
+        out["lpips_diversity"] = raw["lpips"].mean
+        out["lpips_diversity_std"] = raw["lpips"].std
+        out["lpips_cluster_sizes"] = list(raw["lpips"].cluster_sizes)
+        out["clip_diversity"] = raw["clip_diversity"]
+    if "clip_score" in raw:
+        out["clip_score"] = raw["clip_score"]
+    # NaN (e.g. the LPIPS std with < 2 usable clusters) is not JSON: None.
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}

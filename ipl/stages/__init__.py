@@ -1,0 +1,1 @@
+"""The two training stages, written against the backend interface (ipl.backends.base)."""

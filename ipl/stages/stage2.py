@@ -1,0 +1,124 @@
+"""Stage 2: adapt the generative model with image-specific directions (Eq. 7-9).
+
+Each step takes a batch of images from the backend, lets it choose what
+trains (StyleGAN2: NADA's adaptive layer selection), computes one text
+direction per image from that image's code and its learned prompts (or
+NADA's single template direction), and moves every pair (source image,
+trainable image) along its own direction in CLIP space. The loop owns the
+schedule, logging, checkpoints, resume and divergence checks; the backend
+owns the model.
+"""
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import config as config_lib
+from ..method.directions import build_directions
+from ..runtime import (
+    CHECKPOINT_FORMAT,
+    StatsLog,
+    TrainingDiverged,
+    atomic_save,
+    check_finite,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from ..sampling import grid, save_png
+
+
+def train_generator(config, backend, clip_model, run_dir, device, prompt_model=None, resume=False, progress=True):
+    """Stage 2: fine-tune a copy of the backend's source model and write the adapted model.
+
+    Args:
+        config: The run's :class:`ipl.config.Config`.
+        backend: An :class:`ipl.backends.base.Backend`.
+        clip_model: :class:`ipl.clip.FrozenCLIP` (on ``device``).
+        run_dir: Output folder: ``stage2.pt`` (resumable), the adapted model
+            (``generator.pt`` for StyleGAN2), ``samples/``, ``stats_stage2.jsonl``.
+        prompt_model: The Stage-1 prompt model (``adaptive``, ``learned_fixed``).
+        resume: Continue from ``run_dir/stage2.pt`` if it exists.
+
+    Returns:
+        Path of the adapted model.
+    """
+    c2 = config.stage2
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "stage2.pt"
+
+    # Text: constant features once; the direction provider of the scheme;
+    # then the model to adapt and the stage's seed.
+    directions, constants = build_directions(config, clip_model, backend.code_dim, prompt_model)
+    model = backend.adaptation(config, clip_model, constants)
+    torch.manual_seed(c2.seed)  # noise, dropout and everything else the backend draws globally
+    start = 0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, model.checkpoint_key)
+        model.load_state_dict(ckpt)
+        set_rng_state(ckpt["rng"])
+        start = ckpt["step"]
+    log = StatsLog(run_dir / "stats_stage2.jsonl", resume=start > 0)
+    log.truncate_after(start)
+
+    def save(step):
+        # Never write weights that went non-finite; keep the last good file.
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            check_finite(step, {"weights": float("nan")}, ckpt_path)
+        state = model.state_dict()
+        state["rng"] = {**rng_state(), **state.get("rng", {})}
+        atomic_save({"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(config), "step": step, **state}, ckpt_path)
+
+    def samples(step):
+        save_png(grid(model.sample_rows()), run_dir / "samples" / f"step_{step:06d}.png")
+
+    total = model.iterations
+    bar = tqdm(range(start, total), desc="stage 2", initial=start, total=total, disable=not progress)
+    tick, sums, n_summed = time.time(), {}, 0  # sums stay on the device: no per-step sync
+    for step in bar:
+        batch = model.batch(step)
+        trained = model.select_trainable(step)
+
+        # One direction per image (or NADA's one for all), then the loss of
+        # every (source, trainable) pair, chunk by chunk; each chunk's terms
+        # are per-image means, weighted by its share of the batch.
+        d_text = directions(batch.codes)
+        n = len(batch)
+        for index in torch.arange(n, device=batch.codes.device).split(c2.chunk or n):
+            part = batch.select(index)
+            source = model.source_images(part)
+            with torch.no_grad():
+                f_source = clip_model.encode_images(source)
+            d = d_text if d_text.ndim == 1 else d_text[index]
+            for target in model.trainable_images(part):
+                terms = model.losses(f_source, clip_model.encode_images(target), d, source, target)
+                (terms["total"] * (len(index) / n)).backward()
+                model.after_backward()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0) + value.detach() * (len(index) / n)
+        n_summed += 1
+        model.update(step)
+
+        done = step + 1
+        if done % c2.log_every == 0 or done == total:
+            means = {("loss" if k == "total" else k): v.item() / n_summed for k, v in sums.items()}
+            check_finite(done, means, ckpt_path)
+            now = time.time()
+            extra = {} if trained is None else {"layers": trained}
+            log.write(done, **means, **extra, sec_per_iter=round((now - tick) / n_summed, 4))
+            bar.set_postfix(loss=f"{means['loss']:.4f}")
+            sums, n_summed, tick = {}, 0, now
+        if done % c2.output_interval == 0 or done == total:
+            samples(done)
+        if done % c2.checkpoint_every == 0 or done == total:
+            save(done)
+    bar.close()
+
+    out = run_dir / model.adapted_file
+    model.save_adapted(out, total)
+    return out
+
+
+__all__ = ["TrainingDiverged", "train_generator"]
