@@ -153,6 +153,60 @@ class Stage2Config:
 
 
 @dataclass(frozen=True)
+class DiffAEConfig:
+    # Architecture of a "random" diffusion autoencoder (generator.checkpoint:
+    # random): a named architecture of ipl.backends.diffae ("tiny" for tests
+    # and the demo; "ffhq256", "ffhq128_130M", ... as the released models).
+    arch: str = "ffhq256"
+    # DDIM steps of diffae's own full inversion and rendering (encode_stochastic
+    # / render), used by scripts/translate.py (diffae's T_eval examples: 100-250).
+    render_steps: int = 100
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Diff-IPL trains on real images: a folder of them (e.g. aligned
+    # CelebA-HQ faces), resized and centre-cropped to the model's resolution.
+    images: str = ""
+    # Optional held-out folder for sample grids and scripts/evaluate.py.
+    test_images: str = ""
+    # DiffusionCLIP's n_precomp_img: images read, encoded (z_sem) and inverted
+    # to t_0 once; Stage 1 draws its pairs from all of them.
+    n_images: int = 100
+    # DiffusionCLIP's n_train_img: Stage 2 fine-tunes on the first n_train.
+    n_train: int = 50
+    # DiffusionCLIP's n_test_img: held-out images in the grids.
+    n_test: int = 10
+
+
+@dataclass(frozen=True)
+class DiffusionCLIPConfig:
+    # Diff-IPL's Stage 2 = DiffusionCLIP's clip_finetune on the diffusion
+    # autoencoder; defaults from DiffusionCLIP's main.py (docs/REPRODUCTION.md).
+    t_0: int = 400  # return step in [1, T); README examples use 500
+    n_inv_step: int = 40  # DDIM steps of the deterministic inversion x0 -> x_t0
+    n_train_step: int = 6  # DDIM steps x_t0 -> x0 with gradients during fine-tuning
+    n_test_step: int = 40  # DDIM steps x_t0 -> x0 for samples and evaluation
+    eta: float = 0.0  # DDIM eta of the generative steps (0: deterministic)
+    lr: float = 2e-6  # lr_clip_finetune (README examples 8e-6)
+    lr_gamma: float = 1.3  # sch_gamma: StepLR(step_size=1) after every epoch
+    epochs: int = 1  # n_iter: passes over the n_train images
+    batch: int = 1  # bs_train
+    clip_loss_w: float = 3.0  # weight of -log((2 - L_direction) / 2)
+    l1_loss_w: float = 0.0  # weight of |x0 - x|
+    id_loss_w: float = 0.0  # weight of 1 - cos(ArcFace(x0), ArcFace(x)) (needs model_ir_se50.pth)
+    # DiffusionCLIP's clip_finetune_eff ("GPU-efficient"): a loss and an
+    # optimiser step at every DDIM step on that step's predicted x0, x
+    # detached in between; false = one backward through the whole chain.
+    per_step: bool = False
+    # Recompute each DDIM step's activations in the backward instead of
+    # keeping them (same gradients; memory of one step instead of n_train_step).
+    grad_checkpoint: bool = True
+    # DiffusionCLIP fine-tunes in train() mode: the UNet's dropout is active.
+    dropout: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -164,6 +218,9 @@ class Config:
     mapper: MapperConfig = field(default_factory=MapperConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    diffae: DiffAEConfig = field(default_factory=DiffAEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusionclip: DiffusionCLIPConfig = field(default_factory=DiffusionCLIPConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -198,6 +255,12 @@ def _check_value(value, tp, path):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-5 (no dot before the exponent) as a string.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -235,8 +298,272 @@ def to_dict(config):
 
 
 def from_dict(data):
-    """Config from a plain nested dict, validated field by field."""
-    return _build(Config, data or {}, "")
+    """Config from a plain nested dict, validated field by field (types and ranges)."""
+    config = _build(Config, data or {}, "")
+    validate(config)
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Ranges and choices: every field has a rule (a test checks that none is missed)
+
+
+def _at_least(low, why=""):
+    def check(value):
+        if value < low:
+            return f"must be >= {low}{why}"
+
+    return check
+
+
+def _positive(why=""):
+    def check(value):
+        if not value > 0 or not math.isfinite(value):
+            return f"must be a finite number > 0{why}"
+
+    return check
+
+
+def _non_negative(why=""):
+    def check(value):
+        if not value >= 0 or not math.isfinite(value):
+            return f"must be a finite number >= 0{why}"
+
+    return check
+
+
+def _fraction(what):
+    def check(value):
+        if not 0 < value <= 1:
+            return f"must be in (0, 1] ({what})"
+
+    return check
+
+
+def _non_empty(what):
+    def check(value):
+        if not value.strip():
+            return f"must not be empty ({what})"
+
+    return check
+
+
+def _power_of_two(low, high):
+    def check(value):
+        if value < low or value > high or value & (value - 1):
+            return f"must be a power of two from {low} to {high} (a StyleGAN2 resolution)"
+
+    return check
+
+
+def _steps_or_zero(value):
+    if value == 1 or value < 0:
+        return "must be 0 (every step from t_0, DiffusionCLIP's 'no skip') or >= 2 (a schedule from t_0 to 0)"
+
+
+def _any(value):
+    return None
+
+
+_SEED = _at_least(0)
+_EVERY = _at_least(1, " (a number of steps)")
+_RULES = {
+    "name": _non_empty("it names the run directory runs/<name>"),
+    "device": _any,
+    "run_dir": _any,
+    "cache_dir": _any,
+    "generator.kind": _any,
+    "generator.checkpoint": _non_empty("a pretrained name, a checkpoint path or 'random'"),
+    "generator.size": _power_of_two(4, 2048),
+    "generator.style_dim": _at_least(1),
+    "generator.n_mlp": _at_least(1),
+    "generator.channel_multiplier": _at_least(1),
+    "generator.channel_max": _at_least(1),
+    "generator.seed": _SEED,
+    "generator.render_chunk": _at_least(1, " (images rendered at a time)"),
+    "clip.model": _non_empty("an OpenAI CLIP name such as ViT-B/32, a checkpoint path, 'tiny' or 'random:ViT-B/32'"),
+    "clip.dtype": _any,
+    "clip.antialias": _any,
+    "clip.download_root": _any,
+    "clip.seed": _SEED,
+    "prompt.scheme": _any,
+    "prompt.source_class": _non_empty("the source domain's label, e.g. 'photo'"),
+    "prompt.target_class": _non_empty("the target domain's label, e.g. 'disney'"),
+    "prompt.ctx_init": _non_empty("its words set the number of prompt vectors, e.g. 'a photo of a'"),
+    "mapper.n_hidden": _at_least(0),
+    "mapper.hidden_dim": _at_least(1),
+    "mapper.lr_mul": _positive(),
+    "stage1.iterations": _at_least(1),
+    "stage1.batch": _at_least(2, " (the contrastive loss compares the images of a batch)"),
+    "stage1.lr": _positive(" (Adam's learning rate)"),
+    "stage1.seed": _SEED,
+    "stage1.lambda_domain": _non_negative(" (the weight of the domain loss)"),
+    "stage1.lambda_src": _non_negative(" (the weight of the source domain term)"),
+    "stage1.handwritten": _any,
+    "stage1.contrastive_loss": _any,
+    "stage1.domain_loss": _any,
+    "stage1.images": _any,
+    "stage1.truncation": _fraction("1 = no truncation"),
+    "stage1.checkpoint_every": _EVERY,
+    "stage1.log_every": _EVERY,
+    "stage2.handwritten": _any,
+    "stage2.iterations": _at_least(1),
+    "stage2.batch": _at_least(1),
+    "stage2.lr": _positive(" (Adam's learning rate)"),
+    "stage2.lr_ratio": _fraction("StyleGAN2's g_reg_ratio, 0.8"),
+    "stage2.seed": _SEED,
+    "stage2.truncation": _fraction("1 = no truncation"),
+    "stage2.ema_decay": _fraction("the EMA keeps decay of the old weights each step"),
+    "stage2.auto_layer_k": _at_least(0, " (0 = the official int(2 * n_latent / 3))"),
+    "stage2.auto_layer_batch": _at_least(1),
+    "stage2.auto_layer_iters": _at_least(1),
+    "stage2.auto_layer_lr": _positive(),
+    "stage2.layer_selection_every": _at_least(1),
+    "stage2.layer_mapping": _any,
+    "stage2.chunk": _at_least(0, " (0 = the whole batch at once)"),
+    "stage2.n_sample": _at_least(1),
+    "stage2.sample_truncation": _fraction("1 = no truncation"),
+    "stage2.sample_seed": _SEED,
+    "stage2.output_interval": _EVERY,
+    "stage2.checkpoint_every": _EVERY,
+    "stage2.log_every": _EVERY,
+    "diffae.arch": _non_empty("a named architecture such as 'ffhq256' or 'tiny'"),
+    "diffae.render_steps": _at_least(1),
+    "data.images": _any,
+    "data.test_images": _any,
+    "data.n_images": _at_least(1),
+    "data.n_train": _at_least(1),
+    "data.n_test": _at_least(0),
+    "diffusionclip.t_0": _at_least(1, " (the return step, in [1, T))"),
+    "diffusionclip.n_inv_step": _at_least(2, " (a DDIM schedule from 0 to t_0)"),
+    "diffusionclip.n_train_step": _steps_or_zero,
+    "diffusionclip.n_test_step": _steps_or_zero,
+    "diffusionclip.eta": _non_negative(" (0 = deterministic DDIM)"),
+    "diffusionclip.lr": _positive(" (Adam's learning rate)"),
+    "diffusionclip.lr_gamma": _positive(" (StepLR's factor per epoch)"),
+    "diffusionclip.epochs": _at_least(1),
+    "diffusionclip.batch": _at_least(1),
+    "diffusionclip.clip_loss_w": _non_negative(),
+    "diffusionclip.l1_loss_w": _non_negative(),
+    "diffusionclip.id_loss_w": _non_negative(),
+    "diffusionclip.per_step": _any,
+    "diffusionclip.grad_checkpoint": _any,
+    "diffusionclip.dropout": _any,
+}
+
+# Sections only one generator kind reads; setting them for the other is an error.
+KIND_SECTIONS = {
+    "stylegan2": ("diffae", "data", "diffusionclip"),
+    "diffae": (
+        "generator.size",
+        "generator.style_dim",
+        "generator.n_mlp",
+        "generator.channel_multiplier",
+        "generator.channel_max",
+        "stage1.images",
+        "stage1.truncation",
+        "stage2.iterations",
+        "stage2.batch",
+        "stage2.lr",
+        "stage2.lr_ratio",
+        "stage2.truncation",
+        "stage2.ema_decay",
+        "stage2.auto_layer_k",
+        "stage2.auto_layer_batch",
+        "stage2.auto_layer_iters",
+        "stage2.auto_layer_lr",
+        "stage2.layer_selection_every",
+        "stage2.layer_mapping",
+        "stage2.sample_truncation",
+        "stage2.sample_seed",
+    ),
+}
+# Where a Diff-IPL run takes what a StyleGAN2 key would set.
+_DIFFAE_INSTEAD = {
+    "stage2.iterations": "diffusionclip.epochs and data.n_train",
+    "stage2.batch": "diffusionclip.batch",
+    "stage2.lr": "diffusionclip.lr",
+    "generator.size": "the checkpoint's own resolution (or diffae.arch for a random model)",
+}
+
+
+def _fields(config, prefix=""):
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        dotted = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _fail(key, value, problem):
+    raise ConfigError(f"{key}: {value!r} {problem}")
+
+
+def check_ctx_init(ctx_init):
+    """The number of words of ``ctx_init``, each of which must be one CLIP token."""
+    from .clip import clip
+
+    words = ctx_init.split(" ")
+    if any(not w for w in words):
+        _fail("prompt.ctx_init", ctx_init, "has an empty word (a leading, trailing or double space): separate the words by single spaces")
+    counts = [int(clip.tokenize([w])[0].argmax()) - 1 for w in words]  # tokens between [SOS] and [EOS]
+    long = [f"'{w}' is {n} tokens" for w, n in zip(words, counts) if n != 1]
+    if long:
+        _fail(
+            "prompt.ctx_init",
+            ctx_init,
+            f"has words that are not single CLIP tokens ({', '.join(long)}); each learned vector replaces one "
+            "token per word: use words that are single tokens (e.g. 'a photo of a')",
+        )
+    return len(words)
+
+
+def validate(config):
+    """Raise a ConfigError naming the first field whose value cannot be used, and the fix."""
+    for key, value in _fields(config):
+        problem = _RULES[key](value)
+        if problem:
+            _fail(key, value, problem)
+    p = config.prompt
+    if p.source_class.strip().lower() == p.target_class.strip().lower():
+        _fail("prompt.target_class", p.target_class, "is the source label too: the direction from a label to itself is zero; choose two different labels")
+    if p.ctx_init != PromptConfig.ctx_init:
+        check_ctx_init(p.ctx_init)
+    if "/" in config.name or config.name in (".", ".."):
+        _fail("name", config.name, "is not a folder name: use letters, digits, '-' and '_' (or set run_dir)")
+    if config.generator.kind == "diffae":
+        from stylegan2.pretrained import REGISTRY
+
+        if config.generator.checkpoint in REGISTRY:
+            _fail(
+                "generator.checkpoint",
+                config.generator.checkpoint,
+                "is a StyleGAN2 model, not a diffusion autoencoder: for generator.kind=diffae use a released "
+                "autoencoder (e.g. ffhq256_autoenc), a checkpoint path or 'random'",
+            )
+        d, dc = config.data, config.diffusionclip
+        if d.n_train > d.n_images:
+            _fail("data.n_train", d.n_train, f"exceeds data.n_images ({d.n_images}): Stage 2 trains on the first n_train of the n_images images")
+        if config.stage1.batch > d.n_images:
+            _fail("stage1.batch", config.stage1.batch, f"exceeds data.n_images ({d.n_images}): each Stage-1 batch holds distinct images; lower stage1.batch or use more images")
+        if dc.clip_loss_w == dc.l1_loss_w == dc.id_loss_w == 0:
+            _fail("diffusionclip.clip_loss_w", dc.clip_loss_w, "and the other loss weights are all 0: nothing would be trained")
+
+
+def check_kind_keys(config, kind):
+    """Refuse values, other than the defaults, of keys that the generator ``kind`` never reads."""
+    default = Config()
+    for item in KIND_SECTIONS.get(kind, ()):
+        section, _, key = item.partition(".")
+        given, unset = getattr(config, section), getattr(default, section)
+        if key:
+            given, unset = getattr(given, key), getattr(unset, key)
+        if given == unset:
+            continue
+        instead = f"; set {_DIFFAE_INSTEAD[item]} instead" if item in _DIFFAE_INSTEAD else ""
+        raise ConfigError(f"{item} is set, but a generator.kind={kind} run never reads it{instead}")
 
 
 def _merge(base, update):
@@ -249,6 +576,14 @@ def _merge(base, update):
     return out
 
 
+def _yaml_problem(e):
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    hint = "; YAML indents with spaces, never tabs" if "'\\t'" in what else ""
+    return f"{where}: {what}{hint}"
+
+
 def parse_override(text):
     """``"a.b=c"`` -> ``{"a": {"b": c}}`` with ``c`` parsed as YAML."""
     if "=" not in text:
@@ -257,32 +592,59 @@ def parse_override(text):
     keys = dotted.strip().split(".")
     if not all(keys):
         raise ConfigError(f"override {text!r}: empty key in '{dotted}'")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML{_yaml_problem(e)} (quote it: key='...')") from None
     for key in reversed(keys):
         value = {key: value}
     return value
 
 
-def load_config(path=None, overrides=()):
-    """Defaults, then the YAML file at ``path``, then ``overrides`` (``a.b=c``)."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+def read_config_file(path):
+    """The nested dict of one YAML config file, with its ``name`` defaulting to the file's stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
         with open(path) as f:
             loaded = yaml.safe_load(f)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        data = loaded or {}
-        data.setdefault("name", path.stem)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (generator:, stage1:, ...)")
+    data = loaded or {}
+    data.setdefault("name", path.stem)
+    return data
+
+
+def load_config(paths=None, overrides=()):
+    """Defaults, then each YAML file of ``paths`` in order (later files win), then ``overrides`` (``a.b=c``).
+
+    Args:
+        paths: None, one path, or a list of paths. A run takes its name from
+            the last file that gives one (each file's name defaults to its stem).
+        overrides: ``"section.key=value"`` strings, applied last.
+    """
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    data = {}
+    for path in paths:
+        data = _merge(data, read_config_file(path))
     for text in overrides:
         data = _merge(data, parse_override(text))
+    where = f" (in {', '.join(map(str, paths))})" if paths else ""
     try:
-        return from_dict(data)
+        config = from_dict(data)
+        check_kind_keys(config, config.generator.kind)
     except ConfigError as e:
-        where = f" (in {path})" if path is not None else ""
         raise ConfigError(f"{e}{where}") from None
+    return config
 
 
 def save_config(config, path):

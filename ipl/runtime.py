@@ -26,7 +26,9 @@ def choose_device(name="auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use device=cpu or auto")
+        from .config import ConfigError
+
+        raise ConfigError("device: 'cuda' was requested but torch sees no CUDA GPU here; use --device cpu (or auto)")
     return device
 
 

@@ -24,7 +24,6 @@ from ipl.evaluation import (
     required_networks,
     write_record,
 )
-from ipl.metrics import MissingWeightsError
 from ipl.runtime import choose_device
 from ipl.sampling import RECORDED_SOURCE
 
@@ -106,4 +105,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main, extra_errors=(MissingWeightsError, EvaluationError))
+    cli.run(main)

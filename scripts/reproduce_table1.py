@@ -16,7 +16,6 @@ import argparse
 from ipl import cli
 from ipl.evaluation import EvalSettings, EvaluationError, load_metric_networks, parse_metrics
 from ipl.table1 import PAPER_TABLE1, describe_plan, plan_table1, run_table1
-from ipl.metrics import MissingWeightsError
 from ipl.runtime import choose_device
 
 
@@ -77,4 +76,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main, extra_errors=(MissingWeightsError, EvaluationError))
+    cli.run(main)

@@ -104,3 +104,70 @@ def test_table1_configs(name, generator, source, target):
 def test_tiny_config_needs_no_downloads():
     c = load_config(CONFIGS / "tiny.yaml")
     assert c.generator.checkpoint == "random" and c.clip.model == "tiny" and c.device == "cpu"
+
+
+def test_every_field_has_a_range_rule():
+    # A new field without a rule would be accepted with any value.
+    keys = {key for key, _ in config_lib._fields(config_lib.Config())}
+    assert keys == set(config_lib._RULES)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("stage1.batch=0", r"stage1.batch: 0 must be >= 2"),
+        ("stage2.batch=0", r"stage2.batch: 0 must be >= 1"),
+        ("stage1.iterations=-5", r"stage1.iterations: -5 must be >= 1"),
+        ("generator.render_chunk=-1", r"generator.render_chunk: -1 must be >= 1"),
+        ("prompt.target_class=", r"prompt.target_class: '' must not be empty"),
+        ("stage2.ema_decay=1.5", r"stage2.ema_decay: 1.5 must be in \(0, 1\]"),
+        ("stage1.lambda_domain=-1", r"stage1.lambda_domain: -1.0 must be a finite number >= 0"),
+        ("stage1.lr=-0.1", r"stage1.lr: -0.1 must be a finite number > 0"),
+        ("stage1.lr=.inf", r"stage1.lr: inf must be a finite number > 0"),
+        ("generator.size=100", r"generator.size: 100 must be a power of two"),
+        ("prompt.ctx_init=a photo of a zxqvbn", r"'zxqvbn' is 5 tokens"),
+        ("prompt.source_class=Disney", r"prompt.target_class: 'disney' is the source label too"),
+        ("diffusionclip.n_train_step=1", r"diffusionclip.n_train_step: 1 must be 0 .* or >= 2"),
+    ],
+)
+def test_values_out_of_range_name_the_key_the_value_and_the_fix(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_yaml_number_strings_are_numbers():
+    # YAML 1.1 reads 1e-5 as the string '1e-5'.
+    path_value = yaml.safe_load("lr: 1e-5")["lr"]
+    assert path_value == "1e-5"
+    c = load_config(None, ["stage1.lr=1e-5", "stage1.lambda_domain=1e30"])
+    assert c.stage1.lr == 1e-5 and c.stage1.lambda_domain == 1e30
+    with pytest.raises(ConfigError, match="stage1.lr: expected a number, got 'fast'"):
+        load_config(None, ["stage1.lr=fast"])
+
+
+def test_several_config_files_layer_in_order(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(yaml.safe_dump({"stage1": {"lr": 0.1, "batch": 8}, "prompt": {"target_class": "werewolf"}}))
+    b.write_text(yaml.safe_dump({"stage1": {"lr": 0.2}}))
+    c = load_config([a, b], ["stage1.batch=4"])
+    assert (c.stage1.lr, c.stage1.batch, c.prompt.target_class, c.name) == (0.2, 4, "werewolf", "b")
+    assert load_config([b, a]).stage1.lr == 0.1
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path):
+    path = tmp_path / "tabs.yaml"
+    path.write_text("stage1:\n\tlr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"tabs.yaml: not valid YAML at line 2, column 1: .*tab"):
+        load_config(path)
+
+
+def test_keys_of_the_other_generator_kind_are_refused():
+    with pytest.raises(ConfigError, match="stage2.lr is set, but a generator.kind=diffae run never reads it; set diffusionclip.lr"):
+        load_config(None, ["generator.kind=diffae", "generator.checkpoint=random", "stage2.lr=0.1"])
+    with pytest.raises(ConfigError, match="diffusionclip is set, but a generator.kind=stylegan2 run"):
+        load_config(None, ["diffusionclip.t_0=500"])
+    with pytest.raises(ConfigError, match="'ffhq' is a StyleGAN2 model"):
+        load_config(None, ["generator.kind=diffae"])
+    # A resolved config written by a run holds every section at its default: it loads.
+    saved = config_lib.to_dict(load_config(None, ["stage1.lr=0.1"]))
+    assert config_lib.from_dict(saved).stage1.lr == 0.1

@@ -230,7 +230,7 @@ def test_only_the_requested_metrics_need_weights(no_weights):
 def test_missing_weights_exit_cleanly_before_rendering(adapted_file, no_weights, monkeypatch, capsys):
     monkeypatch.setattr(E, "evaluate_checkpoint", lambda *a, **k: pytest.fail("rendered without weights"))
     code, _, err = run_script("evaluate.py", ["--adapted", adapted_file["path"], "--metrics", "scs,id", "--device", "cpu"], monkeypatch, capsys)
-    assert code == 1
+    assert code == 2
     assert err.startswith("error:") and "network-bsds500.pytorch" in err and "model_ir_se50.pth" in err
     assert "Traceback" not in err
 

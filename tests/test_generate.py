@@ -137,7 +137,7 @@ def test_mismatched_architectures_are_refused_naming_the_difference(files, monke
     code, _, err = run_script(
         "generate.py", ["--ckpt", files["adapted"], "--source", files["narrow"], "--outdir", files["root"] / "x", "--no-progress"], monkeypatch, capsys
     )
-    assert code == 1 and "channel_max" in err and "Traceback" not in err
+    assert code == 2 and "channel_max" in err and "Traceback" not in err
 
 
 def test_another_source_of_the_same_architecture_is_flagged(files, caplog):

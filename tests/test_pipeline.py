@@ -58,14 +58,14 @@ def test_adapt_runs_the_tiny_config_end_to_end(tmp_path):
 
     # A changed Stage-1 setting is not silently mixed with the old checkpoint.
     changed = adapt(tmp_path, "stage1.lambda_domain=10")
-    assert changed.returncode == 1
+    assert changed.returncode == 2
     assert "different configuration (stage1.lambda_domain: 1.0 in the checkpoint, 10.0 now)" in changed.stderr
     assert "Traceback" not in changed.stderr
 
 
 def test_bad_config_key_exits_with_a_hint_not_a_traceback(tmp_path):
     done = adapt(tmp_path, "stage1.lamda_domain=2")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "unknown config key 'stage1.lamda_domain'; did you mean 'stage1.lambda_domain'?" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -80,7 +80,7 @@ def test_unreachable_generator_download_fails_cleanly(tmp_path):
         cwd=tmp_path,
         env={"IPL_PRETRAINED_DIR": str(tmp_path / "weights"), "IPL_PRETRAINED_URL": "http://127.0.0.1:9/none", "PATH": "/usr/bin:/bin"},
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "download of http://127.0.0.1:9/none/afhqdog.pkl failed" in done.stderr
     assert "Run the same command again to resume" in done.stderr
     assert "Traceback" not in done.stderr
