@@ -23,4 +23,7 @@ setup(
     # The CUDA/C++ sources are compiled on first use, so they ship as data.
     package_data={"stylegan2.ops": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
     install_requires=requirements,
+    # Real photos: dlib's face landmarks for FFHQ alignment, gdown for the
+    # encoder files shared on Google Drive (both optional).
+    extras_require={"photos": ["dlib", "gdown"]},
 )

@@ -16,11 +16,25 @@ from stylegan2.checkpoint import CheckpointError
 from .clip import ClipWeightsError
 from .config import ConfigError, load_config
 from .evaluation.settings import EvaluationError
-from .metrics.weights import MissingWeightsError
+from .images import UnreadableImageError
+from .inversion.align import MissingDependencyError
+from .metrics.weights import MissingWeightsError, WeightsMismatchError
 from .runtime import TrainingDiverged
+from .safe_load import SafeLoadError
 
 # Errors whose message says what is wrong and what to do: shown without a traceback.
-USER_ERRORS = (ConfigError, CheckpointError, ClipWeightsError, TrainingDiverged, EvaluationError, MissingWeightsError)
+USER_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    ClipWeightsError,
+    TrainingDiverged,
+    EvaluationError,
+    MissingWeightsError,
+    WeightsMismatchError,
+    MissingDependencyError,
+    UnreadableImageError,
+    SafeLoadError,
+)
 USAGE_EXIT, BUG_EXIT, INTERRUPTED_EXIT = 2, 1, 130
 DEBUG_ENV = "IPL_DEBUG"
 

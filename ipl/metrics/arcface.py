@@ -18,6 +18,10 @@ Preprocessing (pSp's ``IDLoss``): images in [-1, 1] at 256x256 (larger
 images are area-averaged to 256, as StyleCLIP/NADA-style ID code does with
 ``AdaptiveAvgPool2d(256)``), crop ``[35:223, 32:220]`` (the face region of an
 FFHQ-aligned image), adaptive average pool to 112x112.
+
+The stem and the bottleneck stages (``ir_se_input_layer``, ``ir_se_body``)
+are also the backbone of the e4e and ReStyle encoders (``ipl.inversion``),
+which keep the same parameter names under their ``encoder.`` prefix.
 """
 
 import torch.nn.functional as F
@@ -71,21 +75,47 @@ class BottleneckIRSE(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+def ir_se_input_layer(in_channels=3, width=64):
+    """The stem of an IR-SE network: conv3x3(in_channels -> width, no bias), BatchNorm2d, PReLU.
+
+    ``(B, in_channels, H, W) -> (B, width, H, W)``. ArcFace reads RGB
+    (3 channels); ReStyle's encoder reads an image and a reconstruction (6).
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.PReLU(width),
+    )
+
+
+def ir_se_body(stages=IR_SE50_STAGES):
+    """The bottleneck units of an IR-SE network, as one ``nn.Sequential``.
+
+    Args:
+        stages: ``(in_channels, depth, num_units)`` per stage; the first unit
+            of each stage has stride 2, so each stage halves the resolution.
+            ``IR_SE50_STAGES`` is IR-SE50; other widths give small networks
+            of the same structure for tests (depths of at least 16 keep the
+            squeeze-excitation's ``depth // 16`` channels non-empty).
+
+    Returns:
+        ``(B, stages[0][0], H, W) -> (B, stages[-1][1], H / 2^S, W / 2^S)``
+        with units named ``0 ... sum(num_units) - 1``.
+    """
+    units = []
+    for in_channels, depth, num_units in stages:
+        units.append(BottleneckIRSE(in_channels, depth, stride=2))
+        units += [BottleneckIRSE(depth, depth, stride=1) for _ in range(num_units - 1)]
+    return nn.Sequential(*units)
+
+
 class IRSE50(nn.Module):
     """IR-SE50 face embedding: (B, 3, 112, 112) in [-1, 1] -> (B, 512), unit norm."""
 
     def __init__(self, drop_ratio=0.6):
         super().__init__()
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.PReLU(64),
-        )
-        units = []
-        for in_channels, depth, num_units in IR_SE50_STAGES:
-            units.append(BottleneckIRSE(in_channels, depth, stride=2))
-            units += [BottleneckIRSE(depth, depth, stride=1) for _ in range(num_units - 1)]
-        self.body = nn.Sequential(*units)
+        self.input_layer = ir_se_input_layer(3, 64)
+        self.body = ir_se_body(IR_SE50_STAGES)
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(512),
             nn.Dropout(drop_ratio),

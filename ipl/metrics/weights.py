@@ -1,9 +1,11 @@
-"""Where the evaluation networks' weight files come from, and how they are found.
+"""Where the non-generator weight files come from, and how they are found.
 
-Each metric network loads from a local file. ``WEIGHTS`` documents every file:
-its expected name, the page or URL it comes from and the SHA-256 (or the
-SHA-256 prefix that the publisher encodes in the file name) where one is
-published. ``resolve_weights`` finds a file in this order:
+The evaluation networks, the photo encoders (e4e, ReStyle) and the face
+landmark model each load from a local file (the StyleGAN2 generators have
+their own registry, :mod:`stylegan2.pretrained`). ``WEIGHTS`` documents every
+file: its expected name, the page, URL or Google Drive id it comes from and
+the SHA-256 (or the SHA-256 prefix that the publisher encodes in the file
+name) where one is published. ``resolve_weights`` finds a file in this order:
 
 1. the ``path`` given to the loader;
 2. the file's environment variable (e.g. ``IPL_INCEPTION_WEIGHTS``);
@@ -12,14 +14,26 @@ published. ``resolve_weights`` finds a file in this order:
    (the folder that also holds the source generators);
 4. torch.hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where
    torchvision and lpips keep the files they downloaded;
-5. with ``download=True`` and a direct URL, a download into ``weights_dir``.
+5. with ``download=True``, a download into ``weights_dir``: from a direct
+   URL (checked against the published hash prefix); from a URL serving a
+   bz2 archive (resumable, then decompressed); or from Google Drive, which
+   answers large files with a confirmation page, through ``gdown`` when it is
+   installed (an optional package; without it the error names the page to
+   open and where to save the file).
+
+Files without a published hash are trusted on first download: the SHA-256 of
+the stored file is printed and written beside it (``<filename>.sha256``);
+later downloads, and lookups with ``verify=True``, are checked against it.
 
 A file that cannot be found raises ``MissingWeightsError`` naming the file,
 where to get it and how to point the loader at it.
 """
 
+import bz2
 import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,7 +43,7 @@ import torch
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One pretrained weight file used by the evaluation code."""
+    """One pretrained weight file (an evaluation network, an encoder, a landmark model)."""
 
     key: str  # registry key, e.g. "inception_v3"
     filename: str  # the name the publisher gives the file
@@ -41,6 +55,12 @@ class WeightFile:
     sha256: Optional[str] = None  # full SHA-256, where published
     sha256_prefix: Optional[str] = None  # SHA-256 prefix encoded in the file name
     path_arg: str = "path"  # the loader argument that takes the file's path
+    gdrive_id: Optional[str] = None  # Google Drive file id (page: drive.google.com/file/d/<id>)
+    compression: Optional[str] = None  # "bz2": the URL serves the file compressed; it is stored decompressed
+
+    @property
+    def gdrive_page(self):
+        return f"https://drive.google.com/file/d/{self.gdrive_id}/view" if self.gdrive_id else None
 
 
 WEIGHTS = {
@@ -94,6 +114,7 @@ WEIGHTS = {
                 "pixel2style2pixel README, 'IR-SE50 Model' (Google Drive: "
                 "https://drive.google.com/file/d/1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn)"
             ),
+            gdrive_id="1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn",
         ),
         WeightFile(
             key="lpips_vgg",
@@ -117,12 +138,57 @@ WEIGHTS = {
             url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
             sha256_prefix="7be5be79",
         ),
+        WeightFile(
+            key="e4e_ffhq",
+            filename="e4e_ffhq_encode.pt",
+            description=(
+                "e4e encoder (Encoder4Editing) into the W+ of the FFHQ 1024 StyleGAN2, "
+                "with that StyleGAN2 as its decoder: photo inversion"
+            ),
+            env_var="IPL_E4E_WEIGHTS",
+            loader="ipl.inversion.load_encoder",
+            source=(
+                "encoder4editing README, 'FFHQ Inversion' (Google Drive: "
+                "https://drive.google.com/file/d/1cUv_reLE6k3604or78EranS7XzuVMWeO)"
+            ),
+            gdrive_id="1cUv_reLE6k3604or78EranS7XzuVMWeO",
+        ),
+        WeightFile(
+            key="restyle_e4e_ffhq",
+            filename="restyle_e4e_ffhq_encode.pt",
+            description=(
+                "ReStyle over e4e (ProgressiveBackboneEncoder), FFHQ 1024, with its StyleGAN2 "
+                "decoder: photo inversion (the default for real photos)"
+            ),
+            env_var="IPL_RESTYLE_E4E_WEIGHTS",
+            loader="ipl.inversion.load_encoder",
+            source=(
+                "restyle-encoder README, 'FFHQ - ReStyle + e4e' (Google Drive: "
+                "https://drive.google.com/file/d/1e2oXVeBPXMQoUoC_4TNwAWpOPpSEhE_e)"
+            ),
+            gdrive_id="1e2oXVeBPXMQoUoC_4TNwAWpOPpSEhE_e",
+        ),
+        WeightFile(
+            key="dlib_landmarks68",
+            filename="shape_predictor_68_face_landmarks.dat",
+            description="dlib's 68-point face landmark model (iBUG 300-W): FFHQ alignment of photos",
+            env_var="IPL_DLIB_LANDMARKS",
+            loader="ipl.inversion.align.LandmarkDetector",
+            path_arg="predictor_path",
+            source="http://dlib.net/files/ (bz2-compressed), the file e4e's and ReStyle's alignment use",
+            url="http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2",
+            compression="bz2",
+        ),
     )
 }
 
 
 class MissingWeightsError(FileNotFoundError):
     """A weight file was not found; the message says where to get it."""
+
+
+class WeightsMismatchError(RuntimeError):
+    """A weight file whose SHA-256 hash differs from the published or recorded one."""
 
 
 ENV_DIR = "IPL_PRETRAINED_DIR"
@@ -148,7 +214,10 @@ def _entry(key_or_entry):
 def _how_to_get(entry, weights_dir):
     lines = [f"  file:    {entry.filename} ({entry.description})", f"  source:  {entry.source}"]
     if entry.url:
-        lines.append(f"  url:     {entry.url}")
+        lines.append(f"  url:     {entry.url}" + (f" ({entry.compression}-compressed)" if entry.compression else ""))
+    if entry.gdrive_id:
+        lines.append(f"  google drive: {entry.gdrive_page} (open it in a browser and save the file as "
+                     f"{weights_dir / entry.filename})")
     if entry.sha256:
         lines.append(f"  sha256:  {entry.sha256}")
     elif entry.sha256_prefix:
@@ -159,24 +228,29 @@ def _how_to_get(entry, weights_dir):
     )
     if entry.url:
         lines.append(f"  or:      pass download=True to {entry.loader} on a machine with internet")
+    elif entry.gdrive_id:
+        lines.append(f"  or:      pip install gdown, then pass download=True to {entry.loader} on a machine with internet")
     return "\n".join(lines)
 
 
-def resolve_weights(key_or_entry, path=None, *, download=False, weights_dir=None):
+def resolve_weights(key_or_entry, path=None, *, download=False, weights_dir=None, verify=False):
     """Local path of a registered weight file (see the module docstring for the order).
 
     Args:
         key_or_entry: a key of ``WEIGHTS`` or a ``WeightFile``.
         path: explicit file path; when given it must exist.
-        download: fetch the file from its URL when it is not found locally.
+        download: fetch the file (URL or Google Drive) when it is not found locally.
         weights_dir: directory searched for (and downloaded into) by file name;
             defaults to ``default_weights_dir()``.
+        verify: check the file found against the registered SHA-256 or the
+            one recorded beside it (``<file>.sha256``), where either exists.
 
     Returns:
         ``pathlib.Path`` of an existing file.
 
     Raises:
         MissingWeightsError: the file is not found (and not downloadable).
+        WeightsMismatchError: ``verify`` and the hash differs.
     """
     entry = _entry(key_or_entry)
     weights_dir = Path(weights_dir) if weights_dir is not None else default_weights_dir()
@@ -186,7 +260,7 @@ def resolve_weights(key_or_entry, path=None, *, download=False, weights_dir=None
         if candidate:
             candidate = Path(candidate).expanduser()
             if candidate.is_file():
-                return candidate
+                return verify_weights(entry, candidate) if verify else candidate
             raise MissingWeightsError(
                 f"{entry.key}: {origin} points to {candidate}, which is not a file.\n"
                 + _how_to_get(entry, weights_dir)
@@ -195,9 +269,9 @@ def resolve_weights(key_or_entry, path=None, *, download=False, weights_dir=None
     hub_cache = Path(torch.hub.get_dir()) / "checkpoints" / entry.filename
     for candidate in (weights_dir / entry.filename, hub_cache):
         if candidate.is_file():
-            return candidate
+            return verify_weights(entry, candidate) if verify else candidate
 
-    if download and entry.url:
+    if download and (entry.url or entry.gdrive_id):
         return download_weights(entry, weights_dir)
     raise MissingWeightsError(
         f"{entry.key}: weight file not found (looked in {weights_dir} and {hub_cache.parent}).\n"
@@ -209,11 +283,16 @@ def download_weights(key_or_entry, weights_dir=None, *, progress=True):
     """Download a registered file into ``weights_dir`` and check its hash.
 
     The SHA-256 prefix (or full hash) is verified when the registry knows it;
-    a mismatch deletes the download and raises ``RuntimeError``.
+    a mismatch deletes the download and raises ``RuntimeError``. Compressed
+    and Google Drive files are installed as described in the module docstring.
     """
     from stylegan2.utils import sha256_file
 
     entry = _entry(key_or_entry)
+    if entry.gdrive_id and not entry.url:
+        return _download_from_drive(entry, Path(weights_dir or default_weights_dir()), progress)
+    if entry.url and entry.compression:
+        return _download_compressed(entry, Path(weights_dir or default_weights_dir()), progress)
     if not entry.url:
         raise MissingWeightsError(
             f"{entry.key} has no direct download URL.\n"
@@ -229,6 +308,119 @@ def download_weights(key_or_entry, weights_dir=None, *, progress=True):
         dst.unlink()
         raise RuntimeError(f"{entry.key}: downloaded file does not match sha256 {entry.sha256}")
     return dst
+
+
+def _sidecar(path):
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_sha256(key_or_entry, path):
+    """The SHA-256 a file must have: the registry's, else the one recorded beside ``path``, else None."""
+    entry = _entry(key_or_entry)
+    if entry.sha256:
+        return entry.sha256.lower()
+    sidecar = _sidecar(Path(path))
+    if sidecar.is_file():
+        return sidecar.read_text().split()[0].strip().lower()
+    return None
+
+
+def verify_weights(key_or_entry, path):
+    """Check ``path`` against :func:`recorded_sha256` (when there is one); returns ``path``.
+
+    Raises:
+        WeightsMismatchError: the hash differs.
+    """
+    from stylegan2.utils import sha256_file
+
+    entry, path = _entry(key_or_entry), Path(path)
+    expected = recorded_sha256(entry, path)
+    if expected is None:
+        return path
+    digest = sha256_file(path)
+    if digest != expected:
+        raise WeightsMismatchError(
+            f"{entry.key}: {path} has SHA-256 hash {digest}, but {expected} was "
+            f"{'published' if entry.sha256 else 'recorded at its first download (' + str(_sidecar(path)) + ')'}; "
+            "the file is damaged or another file: delete it and fetch it again"
+        )
+    return path
+
+
+def _install_verified(entry, part, dst):
+    """Move a finished download ``part`` to ``dst`` once its hash checks out, recording it if new."""
+    from stylegan2.utils import sha256_file
+
+    digest = sha256_file(part)
+    expected = recorded_sha256(entry, dst)
+    if expected is not None and digest != expected:
+        part.unlink()
+        raise WeightsMismatchError(
+            f"{entry.key}: the downloaded {entry.filename} has SHA-256 hash {digest}, not the expected {expected}; "
+            "nothing was installed"
+        )
+    os.replace(part, dst)
+    if expected is None:
+        _sidecar(dst).write_text(f"{digest}  {dst.name}\n")
+        print(
+            f"{dst.name}: SHA-256 {digest} (no published hash to check against; stored in {_sidecar(dst).name}, "
+            "later uses are checked against it)",
+            file=sys.stderr,
+        )
+    return dst
+
+
+def _download_compressed(entry, weights_dir, progress):
+    """Fetch ``entry.url`` (a bz2 archive, resumably), decompress it into ``weights_dir`` and verify it."""
+    from stylegan2.pretrained import download_file
+
+    if entry.compression != "bz2":
+        raise ValueError(f"{entry.key}: unknown compression {entry.compression!r} (known: bz2)")
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    dst = weights_dir / entry.filename
+    archive = weights_dir / entry.url.rsplit("/", 1)[-1]
+    print(f"Downloading {entry.key} from {entry.url}", file=sys.stderr)
+    download_file(entry.url, archive, progress=progress)
+    part = dst.with_name(dst.name + ".part")
+    try:
+        with bz2.open(archive, "rb") as source, open(part, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    except (OSError, EOFError) as error:
+        part.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+        raise WeightsMismatchError(
+            f"{entry.key}: {archive.name} is not a valid bz2 archive ({error}); it was deleted, fetch it again"
+        ) from None
+    _install_verified(entry, part, dst)
+    archive.unlink()  # the decompressed file is the one kept and checked
+    return dst
+
+
+def _download_from_drive(entry, weights_dir, progress):
+    """Fetch a Google Drive file with ``gdown`` (optional) into ``weights_dir`` and verify it."""
+    dst = weights_dir / entry.filename
+    by_hand = (
+        f"open {entry.gdrive_page} in a browser, download the file and save it as {dst} "
+        f"(or point {entry.loader} at it: {entry.path_arg}=..., ${entry.env_var})"
+    )
+    try:
+        import gdown
+    except ImportError:
+        raise MissingWeightsError(
+            f"{entry.key}: {entry.filename} is shared on Google Drive, whose download confirmation page a plain "
+            f"download cannot pass. Either pip install gdown (then download=True fetches it), or {by_hand}."
+        ) from None
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    part = dst.with_name(dst.name + ".part")
+    try:
+        result = gdown.download(id=entry.gdrive_id, output=str(part), quiet=not progress)
+    except Exception as error:  # gdown raises its own types for quota, permission and network problems
+        part.unlink(missing_ok=True)
+        raise MissingWeightsError(f"{entry.key}: gdown could not fetch {entry.gdrive_page} ({error}); {by_hand}.") from None
+    if not result or not part.is_file() or part.stat().st_size == 0:
+        part.unlink(missing_ok=True)
+        raise MissingWeightsError(f"{entry.key}: gdown could not fetch {entry.gdrive_page}; {by_hand}.")
+    return _install_verified(entry, part, dst)
 
 
 def load_state_dict_file(path):

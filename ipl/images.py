@@ -1,0 +1,78 @@
+"""Image files in and out of tensors: listing a folder, reading one image at a model's resolution."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class UnreadableImageError(ValueError):
+    """A file that cannot be read as an image; the message names it and why."""
+
+
+def list_images(folder, what="image folder"):
+    """The image files of ``folder`` (by suffix), sorted by name.
+
+    Raises:
+        ConfigError: the folder does not exist or holds no images (``what``
+            names the setting that gave it).
+    """
+    from .config import ConfigError
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{what}: {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ConfigError(f"{what}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def load_photo(path):
+    """An image file as an RGB ``PIL.Image``, turned upright by its EXIF orientation.
+
+    Landmarks and crops are both taken from this one image, so honouring the
+    orientation tag changes nothing for photos without one and keeps phone
+    photos (stored sideways plus a tag) upright.
+
+    Raises:
+        UnreadableImageError: missing file, or not an image PIL can decode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+
+
+def center_square(image):
+    """The largest centred square of a ``PIL.Image``."""
+    w, h = image.size
+    s = min(w, h)
+    return image.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2))
+
+
+def to_tensor(image, size=None, resample=Image.Resampling.LANCZOS):
+    """``PIL.Image`` -> ``(1, 3, H, W)`` float32 in [-1, 1], optionally resized to ``size`` x ``size`` first."""
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), resample)
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3) in [0, 255]
+    # The operations of torchvision's ToTensor and Normalize(0.5, 0.5), in their order.
+    return (torch.from_numpy(array).permute(2, 0, 1)[None] / 255 - 0.5) / 0.5
+
+
+def image_tensor(path, size):
+    """One image file as a model input: its centred square resized to ``size`` (bilinear), ``(1, 3, size, size)`` in [-1, 1].
+
+    The centred square then a square resize is what diffae's datasets do
+    (``Resize`` + ``CenterCrop``) for any aspect ratio; aligned face crops
+    are square already.
+    """
+    return to_tensor(center_square(load_photo(path)), size, Image.Resampling.BILINEAR)

@@ -1,0 +1,387 @@
+"""Translating real photos with an adapted generator.
+
+For every photo: align the face (FFHQ recipe, unless the photos are already
+aligned), invert it into the source model's latent space, render the code
+with the source model (the reconstruction) and with the adapted one (the
+translation), and write ``aligned input | source reconstruction | adapted``.
+
+What a model family must provide is :class:`PhotoTranslator`; the loop
+(:func:`translate_photos`) never asks which family it holds.
+:func:`build_translator` picks the family from the adapted checkpoint
+(:func:`checkpoint_kind`): StyleGAN2 (:class:`StyleGAN2Translator`:
+ReStyle-e4e, e4e or NVIDIA's projection into W / W+) or a Diff-IPL run
+(:class:`DiffAETranslator`: its own semantic encoder and DDIM inversion).
+
+Outputs in ``outdir``: ``<name>.png`` (the three columns), ``<name>.pt``
+(the codes, plain data: ``torch.load(weights_only=True)``), ``aligned/<name>.png``
+(the aligned face, reusable with ``aligned=True``), ``grid.png`` (one row
+per photo) and ``translate.json`` (settings, photos done and skipped).
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stylegan2.checkpoint import CheckpointError
+from stylegan2.utils import atomic_save
+
+from .align import FaceNotFoundError, LandmarkDetector, align_photo
+from .encoders import ENCODER_SIZE
+from .images import (
+    UnreadableImageError,
+    center_square,
+    encoder_input,
+    load_photo,
+    to_tensor,
+)
+
+log = logging.getLogger(__name__)
+
+CODES_FORMAT = 1
+INVERSIONS = ("restyle", "e4e", "project", "diffae")
+DEFAULT_INVERSION = {"stylegan2": "restyle", "diffae": "diffae"}
+DEFAULT_ENCODERS = {"restyle": "restyle_e4e_ffhq", "e4e": "e4e_ffhq"}  # keys of ipl.metrics.weights.WEIGHTS
+GRID_CELL = 256  # largest cell of grid.png (the per-photo files keep the full resolution)
+
+
+class PhotoTranslator(Protocol):
+    """What translating photos needs from a model family."""
+
+    kind: str  # e.g. "stylegan2"; stored in every codes file
+    resolution: int  # side of the rendered images
+
+    def invert(self, face) -> dict:
+        """The codes of one aligned face (a ``PIL.Image``): plain data, tensors on the CPU."""
+
+    def reconstruct(self, codes: dict) -> torch.Tensor:
+        """``(1, 3, R, R)`` in [-1, 1]: the codes rendered by the source model."""
+
+    def translate(self, codes: dict) -> torch.Tensor:
+        """``(1, 3, R, R)`` in [-1, 1]: the codes rendered by the adapted model."""
+
+    def settings(self) -> dict:
+        """Plain data describing the models and the inversion (for ``translate.json``)."""
+
+
+class StyleGAN2Translator:
+    """Photos through a source StyleGAN2 and its adapted copy, sharing W+ codes.
+
+    Args:
+        source: The source generator the adapted one was trained from.
+        adapted: The adapted generator; with ``alpha < 1`` the translation
+            uses ``blend_generators(source, adapted, alpha)``.
+        inversion: ``"restyle"``, ``"e4e"`` (both need ``encoder``) or
+            ``"project"`` (NVIDIA's projection into the source generator;
+            it starts from ``encoder``'s code when one is given).
+        encoder: A :class:`ipl.inversion.encoders.StyleEncoder`, trained with
+            (a copy of) the source generator.
+        iterations: ReStyle passes (default 5).
+        space: Projection space, ``"w"`` or ``"w+"``; default ``"w"`` from
+            ``w_avg`` (as NVIDIA) and ``"w+"`` from an encoder's code.
+        steps: Projection steps (NVIDIA: 1000).
+        seed: Projection seed.
+        distance: Projection distance (default LPIPS-VGG16).
+        names: Plain data naming the models (kept in ``settings()``).
+        progress: Progress bars of the projection.
+    """
+
+    kind = "stylegan2"
+
+    def __init__(self, source, adapted, *, inversion="restyle", encoder=None, iterations=None, alpha=1.0,
+                 space=None, steps=1000, seed=0, distance=None, names=None, progress=True):  # fmt: skip
+        from ipl.sampling import blend_generators, check_same_architecture
+
+        if inversion not in INVERSIONS:
+            raise ValueError(f"inversion must be one of {INVERSIONS}, got {inversion!r}")
+        if inversion != "project" and encoder is None:
+            raise ValueError(f"inversion {inversion!r} needs an encoder")
+        if encoder is not None and inversion != "project" and encoder.kind != inversion:
+            raise CheckpointError(f"{encoder.describe} was given for inversion {inversion!r}; pass a {inversion} checkpoint")
+        if encoder is not None and encoder.n_styles != source.n_latent:
+            raise CheckpointError(
+                f"{encoder.describe} writes {encoder.n_styles} W+ slots, the source generator has {source.n_latent}"
+            )
+        check_same_architecture(source, adapted)
+        self.source = source
+        self.target = adapted if alpha == 1 else blend_generators(source, adapted, alpha)
+        self.inversion, self.encoder, self.iterations = inversion, encoder, iterations
+        self.alpha, self.steps, self.seed, self.distance = float(alpha), int(steps), int(seed), distance
+        self.space = space or ("w+" if encoder is not None else "w")
+        self.names = dict(names or {})
+        self.progress = progress
+        self.resolution = source.size
+        self.device = source.input.input.device
+
+    def invert(self, face):
+        extra = {}
+        if self.inversion != "project":
+            wplus = self.encoder.invert(encoder_input(face).to(self.device), iterations=self.iterations)
+        else:
+            from .projection import default_distance, project
+
+            if self.distance is None:  # loaded once, for every photo
+                self.distance = default_distance(self.device)
+            init = None
+            if self.encoder is not None:
+                init = self.encoder.invert(encoder_input(face).to(self.device), iterations=self.iterations)
+            result = project(
+                self.source, to_tensor(face, self.resolution), distance=self.distance, space=self.space, init=init,
+                num_steps=self.steps, seed=self.seed, progress=self.progress,
+            )  # fmt: skip
+            wplus = result.wplus
+            extra = {"distance": float(result.distance[0, -1]), "space": self.space}
+        return {"wplus": wplus[0].detach().float().cpu(), **extra}  # (n_latent, D)
+
+    @torch.no_grad()
+    def _render(self, generator, codes):
+        image, _ = generator([codes["wplus"][None].to(self.device)], input_is_latent=True, randomize_noise=False)
+        return image.float().cpu()
+
+    def reconstruct(self, codes):
+        return self._render(self.source, codes)
+
+    def translate(self, codes):
+        return self._render(self.target, codes)
+
+    def settings(self):
+        settings = {"kind": self.kind, "inversion": self.inversion, "alpha": self.alpha, "resolution": self.resolution, **self.names}
+        if self.inversion == "restyle" or (self.encoder is not None and self.encoder.kind == "restyle"):
+            settings["iterations"] = self.iterations or self.encoder.default_iterations
+        if self.inversion == "project":
+            settings.update(space=self.space, steps=self.steps, seed=self.seed)
+        return settings
+
+
+class DiffAETranslator:
+    """Photos through a Diff-IPL run: the source autoencoder's z_sem and x_{t_0}, rendered by both models.
+
+    Args:
+        editor: An :class:`ipl.backends.diffae.editing.Editor` (source and
+            fine-tuned models with the run's DDIM settings; its ``ratio``
+            is the blend).
+        names: Plain data naming the models (kept in ``settings()``).
+    """
+
+    kind = "diffae"
+
+    def __init__(self, editor, names=None):
+        self.editor, self.names = editor, dict(names or {})
+        self.resolution = editor.resolution
+
+    def invert(self, face):
+        from PIL import Image
+
+        z_sem, x_t = self.editor.invert(to_tensor(face, self.resolution, Image.Resampling.BILINEAR))
+        return {"z_sem": z_sem[0].float().cpu(), "x_t": x_t[0].float().cpu()}
+
+    def reconstruct(self, codes):
+        return self.editor.reconstruct(codes["z_sem"][None], codes["x_t"][None]).float().cpu()
+
+    def translate(self, codes):
+        return self.editor.edit(codes["z_sem"][None], codes["x_t"][None]).float().cpu()
+
+    def settings(self):
+        e = self.editor
+        return {"kind": self.kind, "inversion": "diffae", "alpha": e.ratio, "resolution": self.resolution,
+                "t_0": e.t_0, "n_inv_step": e.n_inv_step, "n_test_step": e.n_test_step, "eta": e.eta, **self.names}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------
+# Which model family an adapted checkpoint belongs to
+
+
+def checkpoint_kind(path):
+    """``"stylegan2"`` or ``"diffae"``: the model family of an adapted checkpoint.
+
+    Read from the recorded run config (``config.generator.kind``) when there
+    is one, else from the layout: ``g_ema`` (StyleGAN2), or a ``state_dict``
+    with ``ema_model.*`` tensors (a diffusion autoencoder).
+
+    Raises:
+        CheckpointError: unreadable, or neither layout.
+    """
+    from stylegan2.checkpoint import read_checkpoint
+
+    try:
+        # Memory-mapped: only the keys are looked at, not the tensors.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        checkpoint = read_checkpoint(path)  # its errors say what is wrong with the file
+    if isinstance(checkpoint, dict):
+        config = checkpoint.get("config")
+        kind = config.get("generator", {}).get("kind") if isinstance(config, dict) and isinstance(config.get("generator"), dict) else None
+        if isinstance(kind, str):
+            return kind
+        if "g_ema" in checkpoint or "g" in checkpoint:
+            return "stylegan2"
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict) and any(str(k).startswith("ema_model.") for k in state):
+            return "diffae"
+    keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    raise CheckpointError(f"{path}: not an adapted generator checkpoint (top level: {keys})")
+
+
+def build_translator(ckpt, *, source="recorded", inversion=None, encoder=None, alpha=1.0, iterations=None,
+                     space=None, steps=1000, seed=0, distance=None, device="cpu", progress=True):  # fmt: skip
+    """The :class:`PhotoTranslator` for an adapted checkpoint.
+
+    Args:
+        ckpt: The adapted model (Stage 2's ``generator.pt``).
+        source: Its source: a pretrained name, a checkpoint path or
+            ``"recorded"`` (the one named in the checkpoint's run config).
+        inversion: StyleGAN2: ``"restyle"`` (default), ``"e4e"`` or
+            ``"project"``; a Diff-IPL run: ``"diffae"`` (its own encoder
+            and inversion, the default and only choice).
+        encoder: Encoder checkpoint path; default for restyle / e4e: the
+            registry's FFHQ file (``ipl.metrics.weights.WEIGHTS``), fetched
+            when missing. For ``"project"`` an encoder is used only when
+            given, as the starting code.
+        alpha, iterations, space, steps, seed, distance: See
+            :class:`StyleGAN2Translator`.
+
+    Raises:
+        CheckpointError: unreadable files, mismatched architectures, or an
+            inversion the model family does not have.
+    """
+    kind = checkpoint_kind(ckpt)
+    inversion = inversion or DEFAULT_INVERSION.get(kind, "restyle")
+    if kind == "diffae":
+        if inversion != "diffae" or encoder is not None:
+            raise CheckpointError(
+                f"{ckpt} is a Diff-IPL run: it inverts photos with its own semantic encoder and DDIM inversion "
+                "(--invert diffae, no --encoder); e4e, ReStyle and projection are for StyleGAN2 runs"
+            )
+        from ipl.backends.diffae.editing import load_editor
+
+        editor, _ = load_editor(ckpt, device, source=source, ratio=alpha, progress=progress)
+        return DiffAETranslator(editor, names={"ckpt": str(ckpt), "source": str(source)})
+    if inversion == "diffae":
+        raise CheckpointError(f"{ckpt} is a StyleGAN2 run: invert its photos with --invert restyle, e4e or project")
+    from ipl.sampling import load_adapted, load_source
+
+    from .encoders import check_decoder, load_encoder
+
+    adapted, adapted_info = load_adapted(ckpt, device)
+    source_model, _ = load_source(source, adapted, adapted_info, device)
+    model = None
+    if inversion != "project" or encoder is not None:
+        if encoder is None:
+            from ipl.metrics.weights import resolve_weights
+
+            encoder = resolve_weights(DEFAULT_ENCODERS[inversion], download=True)
+        model = load_encoder(encoder, device)
+        check_decoder(model, source_model, generator_name=f"the source generator ({source})")
+    names = {"ckpt": str(ckpt), "source": str(source), "encoder": None if encoder is None else str(encoder)}
+    return StyleGAN2Translator(
+        source_model, adapted, inversion=inversion, encoder=model, iterations=iterations, alpha=alpha, space=space,
+        steps=steps, seed=seed, distance=distance, names=names, progress=progress,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------
+# The loop over photos
+
+
+@dataclass
+class TranslationSummary:
+    """What :func:`translate_photos` did.
+
+    Attributes:
+        done: Per translated photo: ``{"image", "name", "grid", "codes", "aligned"}`` paths.
+        skipped: Per photo left out: ``{"image", "reason"}``.
+        grid: ``grid.png`` of all translated photos, or None.
+        outdir: The output folder.
+    """
+
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    grid: Optional[Path] = None
+    outdir: Optional[Path] = None
+
+
+def _unique_names(paths):
+    """File stems, with ``-1``, ``-2``, ... added where two photos share one."""
+    seen, names = {}, []
+    for path in paths:
+        stem = Path(path).stem or "image"
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        names.append(stem if count == 0 else f"{stem}-{count}")
+    return names
+
+
+def _shrink(images, size=GRID_CELL):
+    return F.adaptive_avg_pool2d(images, size) if images.shape[-1] > size else images
+
+
+def translate_photos(paths, outdir, translator, *, aligned=False, detector=None, align_size=None, record=None):
+    """Align, invert and translate photos; write the grids and codes; skip what cannot be done.
+
+    Args:
+        paths: Image files.
+        outdir: Output folder (see the module docstring for its files).
+        translator: A :class:`PhotoTranslator` (:func:`build_translator`).
+        aligned: The photos are aligned faces already: only their centred
+            square is used, no landmarks are detected.
+        detector: ``PIL.Image -> (68, 2)`` landmarks; default
+            :class:`ipl.inversion.align.LandmarkDetector` (dlib), made when
+            the first photo needs it.
+        align_size: Side of the aligned faces; default the larger of the
+            model resolution and 256 (1024 for FFHQ, the recipe's size).
+        record: More plain data for ``translate.json``.
+
+    Returns:
+        :class:`TranslationSummary`. Unreadable files and photos without a
+        detected face are reported (logged and listed) and skipped.
+
+    Raises:
+        ipl.inversion.align.MissingDependencyError: photos need aligning and
+            dlib is not installed.
+    """
+    from ipl.sampling import grid, save_png
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    summary = TranslationSummary(outdir=outdir)
+    align_size = align_size or max(translator.resolution, ENCODER_SIZE)
+    rows = []
+    paths = [Path(p) for p in paths]
+    for index, (path, name) in enumerate(zip(paths, _unique_names(paths))):
+        try:
+            photo = load_photo(path)
+            if aligned:
+                face = center_square(photo)
+            else:
+                if detector is None:
+                    detector = LandmarkDetector()
+                face = align_photo(photo, detector, output_size=align_size)
+        except (UnreadableImageError, FaceNotFoundError) as error:
+            reason = str(error) if isinstance(error, UnreadableImageError) else f"{path}: {error}"
+            log.warning("skipped %s", reason)
+            summary.skipped.append({"image": str(path), "reason": reason})
+            continue
+
+        codes = translator.invert(face)
+        shown = to_tensor(face, translator.resolution)  # (1, 3, R, R)
+        row = torch.cat([shown, translator.reconstruct(codes), translator.translate(codes)])  # (3, 3, R, R)
+        files = {"grid": outdir / f"{name}.png", "codes": outdir / f"{name}.pt", "aligned": outdir / "aligned" / f"{name}.png"}
+        save_png(grid([row]), files["grid"])
+        save_png(np.asarray(face), files["aligned"])
+        atomic_save({"format": CODES_FORMAT, "kind": translator.kind, "image": str(path), **codes,
+                     "settings": translator.settings()}, files["codes"])  # fmt: skip
+        rows.append(_shrink(row))
+        summary.done.append({"image": str(path), "name": name, **{k: str(v) for k, v in files.items()}})
+        log.info("%d/%d %s -> %s", index + 1, len(paths), path, files["grid"])
+
+    if rows:
+        summary.grid = outdir / "grid.png"
+        save_png(grid(rows), summary.grid)
+    report = {"settings": {**translator.settings(), "aligned": aligned, **(record or {})}, "done": summary.done, "skipped": summary.skipped}
+    (outdir / "translate.json").write_text(json.dumps(report, indent=2) + "\n")
+    return summary

@@ -1,0 +1,79 @@
+"""Translate real face photos with an adapted model: aligned input | source reconstruction | adapted.
+
+    python scripts/translate.py --ckpt runs/ffhq_elf/generator.pt --images photos/*.jpg --outdir out/elf
+    python scripts/translate.py --ckpt G.pt --images a.png b.png --outdir out --invert project --steps 500
+    python scripts/translate.py --ckpt G.pt --images aligned/*.png --aligned --alpha 0.5 --outdir out/half
+    python scripts/translate.py --ckpt runs/diffae_elf/autoencoder.pt --images photos/*.jpg --outdir out/diff_elf
+
+Faces are aligned as FFHQ was (dlib landmarks; pip install dlib) unless
+--aligned. StyleGAN2 runs invert with ReStyle-e4e (default, 5 iterations),
+e4e, or NVIDIA's projection (from w_avg in W, or from --encoder's code in
+W+); the encoder files come from Google Drive (pip install gdown to fetch
+them, or see the message for the page). A Diff-IPL run inverts with its
+own semantic encoder and DDIM inversion to t_0. Unreadable files and photos
+without a face are reported and skipped. Codes are written as <name>.pt
+beside the grids.
+"""
+
+import argparse
+
+from ipl import cli
+from ipl.inversion.translate import INVERSIONS, build_translator, translate_photos
+from ipl.runtime import choose_device
+from ipl.sampling import RECORDED_SOURCE
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="adapted model (RUN/generator.pt, or RUN/autoencoder.pt of a Diff-IPL run)")
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="photos to translate")
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--invert", choices=INVERSIONS, help="how photos become codes (default: restyle for StyleGAN2, diffae for a Diff-IPL run)")
+    p.add_argument("--aligned", action="store_true", help="the photos are FFHQ-aligned already (no landmark detection)")
+    p.add_argument("--alpha", type=float, default=1.0, help="blend, A in [0, 1] (default 1): StyleGAN2 weights (1-A) source + A adapted; Diff-IPL noise predictions likewise (DiffusionCLIP's model_ratio)")
+    p.add_argument("--encoder", help="e4e / ReStyle checkpoint (default: the FFHQ file of --invert); with project: start from its code")
+    p.add_argument(
+        "--source",
+        default=RECORDED_SOURCE,
+        help=f"source generator: pretrained name (ffhq, ...), checkpoint path, or '{RECORDED_SOURCE}' (default: "
+        "the one named in the adapted checkpoint's run config)",
+    )
+    p.add_argument("--iterations", type=int, help="ReStyle iterations (default 5)")
+    p.add_argument("--steps", type=int, default=1000, help="projection steps (default 1000, as NVIDIA)")
+    p.add_argument("--space", choices=["w", "w+"], help="projection space (default w, or w+ from an encoder's code)")
+    p.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args()
+    if not 0.0 <= args.alpha <= 1.0:
+        p.error(f"--alpha must be in [0, 1] (0 = source, 1 = adapted), got {args.alpha}")
+    if args.steps < 1 or (args.iterations is not None and args.iterations < 1):
+        p.error("--steps and --iterations must be at least 1")
+    if args.iterations is not None and args.invert == "e4e":
+        p.error("--iterations is for ReStyle; e4e encodes in one pass")
+    return args
+
+
+def main():
+    args = parse_args()
+    translator = build_translator(
+        args.ckpt,
+        source=args.source,
+        inversion=args.invert,
+        encoder=args.encoder,
+        alpha=args.alpha,
+        iterations=args.iterations,
+        space=args.space,
+        steps=args.steps,
+        seed=args.seed,
+        device=choose_device(args.device),
+        progress=not args.no_progress,
+    )
+    summary = translate_photos(args.images, args.outdir, translator, aligned=args.aligned)
+    print(f"{len(summary.done)} photo(s) translated into {args.outdir}" + (f"; grid: {summary.grid}" if summary.grid else ""))
+    for item in summary.skipped:
+        print(f"skipped: {item['reason']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

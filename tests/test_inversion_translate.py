@@ -1,0 +1,248 @@
+"""scripts/translate.py and ipl.inversion.translate end to end on tiny generators (CPU, seconds)."""
+
+import copy
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_script
+from inversion_checkpoints import DECODER, save_checkpoint
+from PIL import Image
+
+from ipl import cli
+from ipl.inversion import FaceNotFoundError, MissingDependencyError, load_encoder
+from ipl.inversion.align import align_face
+from ipl.inversion.images import center_square, encoder_input
+from ipl.inversion.translate import (
+    StyleGAN2Translator,
+    build_translator,
+    translate_photos,
+)
+from ipl.sampling import blend_generators, read_png, to_uint8
+from stylegan2 import CheckpointError, Generator, save_generator
+
+RES = DECODER["size"]  # 32 px: 8 W+ slots
+
+
+def mse(images, targets):
+    return (images - targets).square().flatten(1).mean(1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny source, an 'adapted' copy (synthesis weights moved), a ReStyle file on the source, photos."""
+    root = tmp_path_factory.mktemp("translate")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        source = Generator(**DECODER).eval()
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.1)
+    adapted = copy.deepcopy(source)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if not name.startswith("style."):
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    save_generator(root / "source.pt", source)
+    save_generator(root / "adapted.pt", adapted)
+    save_checkpoint(root / "restyle.pt", "restyle", seed=4, decoder=source.state_dict())
+    save_checkpoint(root / "e4e.pt", "e4e", seed=5, decoder=source.state_dict())
+
+    # VGG16 features for LPIPS, random: the default projection distance without a download.
+    from ipl.metrics.diversity import build_lpips
+
+    torch.manual_seed(0)
+    net = build_lpips("vgg").net.state_dict()
+    torch.save({"features." + k.split(".", 1)[1]: v for k, v in net.items()}, root / "vgg16-397923af.pth")
+
+    photo = np.uint8(np.random.default_rng(0).integers(0, 256, (48, 40, 3)))  # portrait, not square
+    Image.fromarray(photo).resize((40, 48)).save(root / "photo.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return {"root": root, "source": source, "adapted": adapted}
+
+
+def columns(path, n=3, size=RES, pad=2):
+    """The n images of a one-row grid written by ipl.sampling.grid."""
+    canvas = read_png(path)
+    assert canvas.shape == (size + 2 * pad, n * (size + pad) + pad, 3)
+    return [canvas[pad : pad + size, pad + j * (size + pad) : pad + j * (size + pad) + size] for j in range(n)]
+
+
+def render(generator, wplus):
+    with torch.no_grad():
+        image, _ = generator([wplus[None]], input_is_latent=True, randomize_noise=False)
+    return to_uint8(image)[0]
+
+
+def test_script_projects_photos_writes_grids_and_codes_and_skips_unreadable_files(files, monkeypatch, capsys, tmp_path):
+    root, out = files["root"], tmp_path / "out"
+    monkeypatch.setenv("IPL_LPIPS_VGG_WEIGHTS", str(root / "vgg16-397923af.pth"))
+    code, stdout, stderr = run_script("translate.py", [
+        "--ckpt", root / "adapted.pt", "--source", root / "source.pt", "--images", root / "photo.png",
+        root / "broken.jpg", root / "missing.png", "--outdir", out, "--invert", "project", "--steps", "3",
+        "--aligned", "--device", "cpu", "--no-progress",
+    ], monkeypatch, capsys)  # fmt: skip
+    assert code == 0, stderr
+    assert "1 photo(s) translated" in stdout and "broken.jpg" in stdout and "missing.png" in stdout
+
+    codes = torch.load(out / "photo.pt", weights_only=True)
+    assert codes["kind"] == "stylegan2" and codes["settings"]["inversion"] == "project"
+    assert codes["wplus"].shape == (8, DECODER["style_dim"]) and codes["space"] == "w"
+    shown, reconstruction, translated = columns(out / "photo.png")
+    # The codes are reusable: rendered again, they give the grid's columns.
+    assert np.abs(reconstruction.astype(int) - render(files["source"], codes["wplus"])).max() <= 1
+    assert np.abs(translated.astype(int) - render(files["adapted"], codes["wplus"])).max() <= 1
+    assert np.abs(reconstruction.astype(int) - translated).mean() > 2  # the adapted weights changed the image
+    # --aligned uses the photo's centred square as it is.
+    face = center_square(Image.open(root / "photo.png").convert("RGB"))
+    assert np.array_equal(read_png(out / "aligned" / "photo.png"), np.asarray(face))
+    shown_expected = np.asarray(face.resize((RES, RES), Image.Resampling.LANCZOS)).astype(int)
+    assert np.abs(shown.astype(int) - shown_expected).max() <= 1  # the input column, at the generator's size
+    assert read_png(out / "grid.png").shape == read_png(out / "photo.png").shape  # one photo, one row
+
+    report = json.loads((out / "translate.json").read_text())
+    assert [d["name"] for d in report["done"]] == ["photo"]
+    reasons = {s["image"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {str(root / "broken.jpg"), str(root / "missing.png")}
+    assert "not a readable image" in reasons[str(root / "broken.jpg")] and "no such file" in reasons[str(root / "missing.png")]
+    assert report["settings"]["steps"] == 3 and report["settings"]["aligned"] is True
+
+
+def test_script_with_a_restyle_encoder_writes_its_codes_and_blends_the_weights(files, monkeypatch, capsys, tmp_path):
+    root, out = files["root"], tmp_path / "out"
+    code, _, stderr = run_script("translate.py", [
+        "--ckpt", root / "adapted.pt", "--source", root / "source.pt", "--images", root / "photo.png",
+        "--outdir", out, "--encoder", root / "restyle.pt", "--iterations", "2", "--alpha", "0.5", "--aligned",
+        "--device", "cpu", "--no-progress",
+    ], monkeypatch, capsys)  # fmt: skip
+    assert code == 0, stderr
+    face = center_square(Image.open(root / "photo.png").convert("RGB"))
+    expected = load_encoder(root / "restyle.pt").invert(encoder_input(face), iterations=2)[0]
+    codes = torch.load(out / "photo.pt", weights_only=True)
+    torch.testing.assert_close(codes["wplus"], expected, rtol=1e-5, atol=1e-5)
+    assert codes["settings"]["iterations"] == 2 and codes["settings"]["alpha"] == 0.5
+    half = blend_generators(files["source"], files["adapted"], 0.5)
+    assert np.abs(columns(out / "photo.png")[2].astype(int) - render(half, codes["wplus"])).max() <= 1
+
+
+def test_an_encoder_of_the_wrong_kind_is_refused(files):
+    root = files["root"]
+    with pytest.raises(CheckpointError, match="e4e encoder.*restyle"):
+        build_translator(root / "adapted.pt", source=str(root / "source.pt"), inversion="restyle", encoder=root / "e4e.pt")
+
+
+def translator(files, **kw):
+    return StyleGAN2Translator(files["source"], files["adapted"], inversion="project", steps=2, distance=mse, progress=False, **kw)
+
+
+def test_photos_are_aligned_with_the_detector_and_faceless_ones_are_skipped(files, tmp_path):
+    photo = Image.fromarray(np.uint8(np.random.default_rng(1).integers(0, 256, (120, 100, 3))))
+    photo.save(tmp_path / "face.png")
+    photo.save(tmp_path / "empty.png")
+    landmarks = np.zeros((68, 2))
+    landmarks[36:42], landmarks[42:48] = [40, 50], [60, 50]
+    landmarks[48], landmarks[54] = [43, 80], [57, 80]
+
+    def detector(image):
+        if detector.calls == 1:
+            raise FaceNotFoundError("no face found by the test detector")
+        detector.calls += 1
+        return landmarks
+
+    detector.calls = 0
+    summary = translate_photos([tmp_path / "face.png", tmp_path / "empty.png"], tmp_path / "out", translator(files), detector=detector)
+    assert [d["name"] for d in summary.done] == ["face"]
+    assert summary.skipped == [{"image": str(tmp_path / "empty.png"), "reason": f"{tmp_path / 'empty.png'}: no face found by the test detector"}]
+    # The face was aligned by the FFHQ recipe, at 256 px (the encoders' size; the generator is smaller).
+    expected = np.asarray(align_face(photo, landmarks, output_size=256))
+    assert np.array_equal(read_png(tmp_path / "out" / "aligned" / "face.png"), expected)
+
+
+def test_without_dlib_alignment_fails_once_with_the_way_out(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    with pytest.raises(MissingDependencyError, match="pip install dlib"):
+        translate_photos([files["root"] / "photo.png"], tmp_path / "out", translator(files))
+    code, _, stderr = run_script("translate.py", [
+        "--ckpt", files["root"] / "adapted.pt", "--source", files["root"] / "source.pt", "--images",
+        files["root"] / "photo.png", "--outdir", tmp_path / "out2", "--invert", "project", "--device", "cpu",
+    ], monkeypatch, capsys)  # fmt: skip
+    assert code == getattr(cli, "USAGE_EXIT", 1) and "pip install dlib" in stderr and "--aligned" in stderr
+
+
+def test_photo_names_stay_unique(files, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        Image.new("RGB", (40, 40), (90, 120, 200)).save(tmp_path / folder / "me.png")
+    summary = translate_photos([tmp_path / "a" / "me.png", tmp_path / "b" / "me.png"], tmp_path / "out", translator(files), aligned=True)
+    assert [d["name"] for d in summary.done] == ["me", "me-1"]
+    assert (tmp_path / "out" / "me-1.pt").is_file() and read_png(summary.grid).shape[0] == 2 * (RES + 2) + 2
+
+
+@pytest.fixture(scope="module")
+def diffae_run(tmp_path_factory):
+    """A Diff-IPL run's autoencoder.pt: the tiny random source (recorded in the run config) with moved UNet weights."""
+    from helpers import tiny_diffae_config
+
+    from ipl.backends.diffae import build_autoencoder, save_autoencoder
+    from ipl.config import to_dict
+
+    root = tmp_path_factory.mktemp("diffae_run")
+    config = tiny_diffae_config(root)
+    source = build_autoencoder("tiny", seed=config.generator.seed)
+    adapted = copy.deepcopy(source)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in adapted.net.named_parameters():
+            if not name.startswith("encoder."):
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    save_autoencoder(root / "autoencoder.pt", adapted, config=to_dict(config), step=1, meta={"kind": "diffae"})
+    photo = Image.fromarray((np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8))
+    photo.save(root / "face.png")
+    return root, config, source, adapted
+
+
+def test_a_diffae_run_translates_photos_with_its_own_encoder_and_inversion(diffae_run):
+    root, config, source, adapted = diffae_run
+    dc = config.diffusionclip
+    translator = build_translator(root / "autoencoder.pt", device="cpu", progress=False)
+    summary = translate_photos([root / "face.png", root / "missing.png"], root / "out", translator, aligned=True)
+    assert len(summary.done) == 1 and len(summary.skipped) == 1
+    codes = torch.load(root / "out" / "face.pt", weights_only=True)
+    assert codes["kind"] == "diffae" and codes["settings"]["t_0"] == dc.t_0
+    # The codes are the source model's z_sem and DiffusionCLIP inversion of the photo's centred square.
+    x0 = encoder_input(center_square(Image.open(root / "face.png").convert("RGB")), source.img_size)
+    with torch.no_grad():
+        z = source.encode(x0)
+        x_t = source.invert(x0, z, dc.t_0, dc.n_inv_step)
+        expected = [source.generate(x_t, z, dc.t_0, dc.n_test_step), adapted.generate(x_t, z, dc.t_0, dc.n_test_step)]
+    torch.testing.assert_close(codes["z_sem"], z[0])
+    torch.testing.assert_close(codes["x_t"], x_t[0])
+    # The grid: input | source reconstruction | adapted render of the same latents.
+    grid = read_png(root / "out" / "face.png").astype(int)
+    size, pad = source.img_size, 2
+    for column, image in zip((1, 2), expected):
+        x = pad + column * (size + pad)
+        assert np.abs(grid[pad : pad + size, x : x + size] - to_uint8(image)[0].astype(int)).max() <= 1
+
+
+def test_a_diffae_run_at_alpha_zero_renders_the_source(diffae_run):
+    root, _, _, _ = diffae_run
+    translator = build_translator(root / "autoencoder.pt", alpha=0.0, device="cpu", progress=False)
+    codes = translator.invert(center_square(Image.open(root / "face.png").convert("RGB")))
+    torch.testing.assert_close(translator.translate(codes), translator.reconstruct(codes))
+
+
+def test_diffae_and_stylegan2_inversions_are_not_mixed(diffae_run, files):
+    root, _, _, _ = diffae_run
+    with pytest.raises(CheckpointError, match="a Diff-IPL run: it inverts photos with its own semantic encoder"):
+        build_translator(root / "autoencoder.pt", inversion="restyle")
+    with pytest.raises(CheckpointError, match="a StyleGAN2 run: invert its photos with --invert restyle"):
+        build_translator(files["root"] / "adapted.pt", inversion="diffae")
+    torch.save({"state_dict": {"ema_model.conv.weight": torch.zeros(1)}, "hyper_parameters": {}}, root / "bare.ckpt")
+    with pytest.raises(CheckpointError, match="no run config inside"):
+        build_translator(root / "bare.ckpt")
