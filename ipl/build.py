@@ -8,12 +8,12 @@ def build_clip(ccfg, device):
     return load_clip(ccfg.model, device=device, dtype=ccfg.dtype, download_root=ccfg.download_root, seed=ccfg.seed)
 
 
-def build_backend(config, device):
+def build_backend(config, device, progress=True):
     """The backend of ``config.generator.kind``, with its source model on ``device``."""
     if config.generator.kind == "diffae":
         from .backends.diffae.backend import DiffAEBackend
 
-        return DiffAEBackend(config, device)
+        return DiffAEBackend(config, device, progress=progress)
     from .backends.stylegan2 import StyleGAN2Backend
 
     return StyleGAN2Backend(config, device)

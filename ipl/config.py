@@ -158,9 +158,6 @@ class DiffAEConfig:
     # random): a named architecture of ipl.backends.diffae ("tiny" for tests
     # and the demo; "ffhq256", "ffhq128_130M", ... as the released models).
     arch: str = "ffhq256"
-    # DDIM steps of diffae's own full inversion and rendering (encode_stochastic
-    # / render), used by scripts/translate.py (diffae's T_eval examples: 100-250).
-    render_steps: int = 100
 
 
 @dataclass(frozen=True)
@@ -168,14 +165,15 @@ class DataConfig:
     # Diff-IPL trains on real images: a folder of them (e.g. aligned
     # CelebA-HQ faces), resized and centre-cropped to the model's resolution.
     images: str = ""
-    # Optional held-out folder for sample grids and scripts/evaluate.py.
+    # Optional held-out folder for the sample grids (default: the first
+    # n_test training images) and scripts/evaluate.py.
     test_images: str = ""
     # DiffusionCLIP's n_precomp_img: images read, encoded (z_sem) and inverted
     # to t_0 once; Stage 1 draws its pairs from all of them.
     n_images: int = 100
     # DiffusionCLIP's n_train_img: Stage 2 fine-tunes on the first n_train.
     n_train: int = 50
-    # DiffusionCLIP's n_test_img: held-out images in the grids.
+    # DiffusionCLIP's n_test_img: images in the sample grids.
     n_test: int = 10
 
 
@@ -428,12 +426,11 @@ _RULES = {
     "stage2.checkpoint_every": _EVERY,
     "stage2.log_every": _EVERY,
     "diffae.arch": _non_empty("a named architecture such as 'ffhq256' or 'tiny'"),
-    "diffae.render_steps": _at_least(1),
     "data.images": _any,
     "data.test_images": _any,
     "data.n_images": _at_least(1),
     "data.n_train": _at_least(1),
-    "data.n_test": _at_least(0),
+    "data.n_test": _at_least(1),
     "diffusionclip.t_0": _at_least(1, " (the return step, in [1, T))"),
     "diffusionclip.n_inv_step": _at_least(2, " (a DDIM schedule from 0 to t_0)"),
     "diffusionclip.n_train_step": _steps_or_zero,
@@ -474,6 +471,7 @@ KIND_SECTIONS = {
         "stage2.auto_layer_lr",
         "stage2.layer_selection_every",
         "stage2.layer_mapping",
+        "stage2.n_sample",
         "stage2.sample_truncation",
         "stage2.sample_seed",
     ),
@@ -484,6 +482,7 @@ _DIFFAE_INSTEAD = {
     "stage2.batch": "diffusionclip.batch",
     "stage2.lr": "diffusionclip.lr",
     "generator.size": "the checkpoint's own resolution (or diffae.arch for a random model)",
+    "stage2.n_sample": "data.n_test",
 }
 
 

@@ -104,7 +104,7 @@ class Session:
         if self.device.type == "cpu":
             keep_freed_memory()  # ~1.3x per step on a CPU, see its docstring
         self.progress = progress
-        self.backend = build_backend(config, self.device)
+        self.backend = build_backend(config, self.device, progress)
         self.clip = build_clip(config.clip, self.device)
         self.derived = config_lib.resolve(config)
         self.stage1_keys, self.stage2_keys = stage1_keys(config.generator.kind), stage2_keys(config.generator.kind)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from stylegan2.checkpoint import CheckpointError
-from stylegan2.utils import atomic_save
+from stylegan2.utils import atomic_save, progress_bar
 
 CHECKPOINT_FORMAT = 1
 
@@ -170,6 +170,7 @@ __all__ = [
     "keep_freed_memory",
     "LatentSampler",
     "load_checkpoint",
+    "progress_bar",
     "rng_state",
     "set_rng_state",
 ]

@@ -371,7 +371,7 @@ def write_samples(
     """
     import json
 
-    from tqdm import tqdm
+    from .runtime import progress_bar
 
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
@@ -390,7 +390,7 @@ def write_samples(
 
     shown = seeds[:grid_seeds]
     grid_rows = []
-    for start in tqdm(range(0, len(seeds), batch), desc="generate", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(seeds), batch), desc="generate", unit="batch", disable=not progress):
         part = seeds[start : start + batch]
         images = to_uint8(render(generator, z_from_seeds(part, generator.style_dim), **kw))  # (B, H, W, 3)
         for seed, image in zip(part, images):

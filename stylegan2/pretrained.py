@@ -214,7 +214,7 @@ def download_file(url, dest, expected_sha256=None, expected_size=None, progress=
         DownloadError: network failure, short transfer (resumable), or a
             size / hash mismatch (the data is discarded).
     """
-    from tqdm import tqdm
+    from .utils import progress_bar
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def download_file(url, dest, expected_sha256=None, expected_size=None, progress=
                     total = int(length) if length is not None else None
                 if total is None and expected_size is not None:
                     total = expected_size
-                with open(part, "ab" if offset else "wb") as f, tqdm(
+                with open(part, "ab" if offset else "wb") as f, progress_bar(
                     total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                     desc=dest.name, disable=not progress, file=sys.stderr,
                 ) as bar:

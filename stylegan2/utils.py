@@ -1,7 +1,8 @@
-"""Small file utilities shared by the checkpoint code of both packages."""
+"""Small utilities shared by both packages: atomic saves, file hashes, progress bars."""
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,20 @@ def sha256_file(path, chunk_size=1 << 20):
         for block in iter(lambda: f.read(chunk_size), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# Seconds between refreshes of a progress bar whose output is not a terminal
+# (a log file or a batch system's output): readable logs instead of one
+# carriage-return update per step.
+LOG_REFRESH_SECONDS = 10.0
+
+
+def progress_bar(iterable=None, **kwargs):
+    """``tqdm`` on stderr that refreshes at most every :data:`LOG_REFRESH_SECONDS` when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    stream = kwargs.setdefault("file", sys.stderr)
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        kwargs.setdefault("mininterval", LOG_REFRESH_SECONDS)
+        kwargs.setdefault("maxinterval", max(LOG_REFRESH_SECONDS, 10.0))
+    return tqdm(iterable, **kwargs)

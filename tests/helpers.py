@@ -3,7 +3,6 @@
 import math
 import runpy
 import sys
-import zlib
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from ipl import config as config_lib
 from ipl.backends.stylegan2 import StyleGAN2Backend, mean_latent
 from ipl.build import build_clip
+from stylegan2.golden import golden_fill  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,31 +78,78 @@ def run_script(name, args, monkeypatch, capsys):
     return code, out.out, out.err
 
 
-def golden_fill(name, shape):
-    """The deterministic parameter fill of shared/fixtures/stylegan2 (its README gives the rule)."""
-    c = zlib.crc32(name.encode()) % 1000
-    x = torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 12.9898 + c) * 43758.5453
-    t = (x - torch.floor(x)) * 2 - 1
-    value = (t * math.sqrt(3)).float().reshape(shape)
-    if name.startswith("style.") and name.endswith(".weight"):
-        value = value * 100
-    return value
-
-
 def assert_matches_recorded_run(name, tensors, kind):
     """``tensors`` (a state dict) equal the ``kind`` tensors of run ``name`` in
     tests/fixtures/stylegan2_runs.pt, recorded before the code was restructured.
 
-    Bit for bit on the torch version and CPU capability the file was written
-    with; elsewhere (other kernels round differently) to a tolerance.
+    Bit for bit on the torch version, CPU capability and thread count the
+    file was written with; elsewhere (other kernels and other splits of a
+    reduction round differently) to a tolerance.
     """
     recorded = torch.load(REPO / "tests" / "fixtures" / "stylegan2_runs.pt", weights_only=True)
     expected = recorded["runs"][name][kind]
     assert sorted(tensors) == sorted(expected), f"{name} {kind}: the state dict keys changed"
     env = recorded["environment"]
-    exact = env["torch"] == str(torch.__version__) and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    here = {"torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    exact = all(env[k] == v for k, v in here.items())
     for key, value in expected.items():
         if exact:
             assert torch.equal(tensors[key], value), f"{name} {kind} {key} differs from the recorded run"
         else:
             torch.testing.assert_close(tensors[key], value, rtol=1e-3, atol=1e-4, msg=f"{name} {kind} {key}")
+
+
+def synthetic_photos(n, size=64, seed=0):
+    """``n`` smooth RGB images ``(size, size, 3)`` uint8: a lit background and a face-like ellipse.
+
+    The demo config's images (``assets/demo_images``) are these, so that the
+    Diff-IPL demo has real image files without downloading any.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    photos = []
+    for _ in range(n):
+        r = torch.rand(10, generator=g)
+        background = (0.3 + 0.4 * r[:3])[:, None, None] + 0.2 * (x * (r[3] - 0.5) + y * (r[4] - 0.5))[None]
+        inside = ((x - 0.2 * (r[5] - 0.5)) / (0.45 + 0.1 * r[6])) ** 2 + ((y - 0.1) / (0.6 + 0.1 * r[7])) ** 2 < 1
+        skin = torch.tensor([0.8, 0.6, 0.5]) * (0.7 + 0.4 * r[8])
+        image = torch.where(inside[None], skin[:, None, None] * (1 - 0.3 * y[None] * r[9]), background)
+        photos.append((image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    return photos
+
+
+# A Diff-IPL run small enough for seconds: the tiny autoencoder on six of the
+# demo images, short schedules.
+TINY_DIFFAE_OVERRIDES = [
+    "device=cpu",
+    "generator.kind=diffae",
+    "generator.checkpoint=random",
+    "diffae.arch=tiny",
+    "clip.model=tiny",
+    "prompt.source_class=photo",
+    "prompt.target_class=wall painting",
+    "mapper.hidden_dim=16",
+    f"data.images={REPO / 'assets' / 'demo_images'}",
+    "data.n_images=6",
+    "data.n_train=3",
+    "data.n_test=2",
+    "stage1.iterations=4",
+    "stage1.batch=4",
+    "stage1.checkpoint_every=2",
+    "stage1.log_every=2",
+    "diffusionclip.t_0=300",
+    "diffusionclip.n_inv_step=4",
+    "diffusionclip.n_train_step=3",
+    "diffusionclip.n_test_step=3",
+    "diffusionclip.epochs=2",
+    "diffusionclip.lr=0.001",
+    "stage2.output_interval=3",
+    "stage2.checkpoint_every=3",
+    "stage2.log_every=3",
+]
+
+
+def tiny_diffae_config(tmp_path, *overrides):
+    return config_lib.load_config(
+        None, TINY_DIFFAE_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *overrides]
+    )

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import IMAGE_SUFFIXES
 from ..sampling import render, to_uint8, z_from_seeds
 from .settings import PAIRED_METRICS, EvaluationError, required_networks
 
-REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+REFERENCE_SUFFIXES = IMAGE_SUFFIXES
 
 
 # ---------------------------------------------------------------------------
@@ -146,36 +147,23 @@ def _on_device(module):
     return lambda images: module.encode_images(images.to(device))
 
 
-def evaluate_generators(adapted, networks, settings, *, source=None, truncation_latent=None, references=None, target_text=None, progress=True, desc="evaluate"):
-    """Compute the requested metrics of an adapted generator in one rendering pass.
-
-    Args:
-        adapted: The adapted generator (any device).
-        networks: :class:`MetricNetworks` holding at least
-            ``required_networks(settings)``.
-        settings: :class:`EvalSettings`.
-        source: The source generator; needed for SCS and ID.
-        truncation_latent: Truncation centre ``(1, style_dim)`` shared by both.
-        references: SIFID reference images, a list of ``(1, 3, H, W)`` in
-            [-1, 1]; the results are named R1, R2, ... in this order.
-        target_text: Text of the CLIP score.
-
-    Returns:
-        Flat dict: ``is``, ``is_std``, ``sifid_R1``..., ``scs``, ``id``,
-        ``lpips_diversity``, ``lpips_diversity_std``, ``lpips_cluster_sizes``,
-        ``clip_diversity``, ``clip_score`` (those requested).
-    """
-    from .. import metrics as M
-
+def check_request(networks, settings, *, paired, references=None, target_text=None):
+    """Refuse an evaluation that cannot run: missing networks, source, references or text."""
     wanted = settings.metrics
     networks.check(required_networks(settings))
-    if source is None and any(m in wanted for m in PAIRED_METRICS):
-        raise EvaluationError("SCS and ID compare source and adapted images: a source generator is needed")
+    if not paired and any(m in wanted for m in PAIRED_METRICS):
+        raise EvaluationError("SCS and ID compare source and adapted images: a source generator (or source model) is needed")
     if "sifid" in wanted and not references:
         raise EvaluationError("SIFID needs reference images of the target domain (e.g. --refs DIR with R1, R2, R3)")
     if "clip" in wanted and not target_text:
         raise EvaluationError("the CLIP score needs a target text (e.g. --target-text 'tolkien elf')")
 
+
+def metric_consumers(networks, settings, *, references=None, target_text=None):
+    """``{name: fn(stream of (source, adapted) batches) -> raw result}`` for the requested metrics."""
+    from .. import metrics as M
+
+    wanted = settings.metrics
     consumers = {}
     if "is" in wanted:
         consumers["is"] = lambda s: M.compute_inception_score(
@@ -205,21 +193,11 @@ def evaluate_generators(adapted, networks, settings, *, source=None, truncation_
         with torch.no_grad():
             text = networks.clip.encode_text([target_text])[0]
         consumers["clip_score"] = lambda s: M.compute_clip_score(_on_device(networks.clip), _adapted_only(s), text)
+    return consumers
 
-    from tqdm import tqdm
 
-    pairs = image_pairs(
-        adapted,
-        settings.seeds,
-        source=source if any(m in wanted for m in PAIRED_METRICS) else None,
-        batch=settings.batch,
-        truncation=settings.truncation,
-        truncation_latent=truncation_latent,
-        quantize=settings.quantize,
-    )
-    total = math.ceil(settings.n / settings.batch)
-    raw = fan_out(tqdm(pairs, desc=desc, total=total, unit="batch", disable=not progress), consumers)
-
+def metrics_of(raw):
+    """The flat metrics dict of the consumers' raw results (NaN as None: it is not JSON)."""
     out = {}
     if "is" in raw:
         out["is"], out["is_std"] = raw["is"]
@@ -236,5 +214,58 @@ def evaluate_generators(adapted, networks, settings, *, source=None, truncation_
         out["clip_diversity"] = raw["clip_diversity"]
     if "clip_score" in raw:
         out["clip_score"] = raw["clip_score"]
-    # NaN (e.g. the LPIPS std with < 2 usable clusters) is not JSON: None.
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+
+
+def evaluate_stream(pairs, networks, settings, *, total=None, references=None, target_text=None, progress=True, desc="evaluate"):
+    """The requested metrics of a stream of ``(source or None, adapted)`` image batches, in one pass.
+
+    Args:
+        pairs: Iterable of ``(source (B, 3, H, W) or None, adapted (B, 3, H, W))``
+            batches in [-1, 1], produced lazily (only ``depth`` batches are alive).
+        networks: :class:`MetricNetworks` holding at least ``required_networks(settings)``.
+        settings: :class:`EvalSettings`.
+        total: Number of batches (for the progress bar).
+        references: SIFID reference images, a list of ``(1, 3, H, W)`` in
+            [-1, 1]; the results are named R1, R2, ... in this order.
+        target_text: Text of the CLIP score.
+
+    Returns:
+        Flat dict: ``is``, ``is_std``, ``sifid_R1``..., ``scs``, ``id``,
+        ``lpips_diversity``, ``lpips_diversity_std``, ``lpips_cluster_sizes``,
+        ``clip_diversity``, ``clip_score`` (those requested).
+    """
+    from ..runtime import progress_bar
+
+    consumers = metric_consumers(networks, settings, references=references, target_text=target_text)
+    return metrics_of(fan_out(progress_bar(pairs, desc=desc, total=total, unit="batch", disable=not progress), consumers))
+
+
+def evaluate_generators(adapted, networks, settings, *, source=None, truncation_latent=None, references=None, target_text=None, progress=True, desc="evaluate"):
+    """Compute the requested metrics of an adapted generator in one rendering pass.
+
+    Args:
+        adapted: The adapted generator (any device).
+        networks: :class:`MetricNetworks` holding at least
+            ``required_networks(settings)``.
+        settings: :class:`EvalSettings` (its seeds name the images).
+        source: The source generator; needed for SCS and ID.
+        truncation_latent: Truncation centre ``(1, style_dim)`` shared by both.
+        references, target_text: See :func:`evaluate_stream`.
+
+    Returns:
+        The metrics dict of :func:`evaluate_stream`.
+    """
+    paired = any(m in settings.metrics for m in PAIRED_METRICS)
+    check_request(networks, settings, paired=source is not None or not paired, references=references, target_text=target_text)
+    pairs = image_pairs(
+        adapted,
+        settings.seeds,
+        source=source if paired else None,
+        batch=settings.batch,
+        truncation=settings.truncation,
+        truncation_latent=truncation_latent,
+        quantize=settings.quantize,
+    )
+    total = math.ceil(settings.n / settings.batch)
+    return evaluate_stream(pairs, networks, settings, total=total, references=references, target_text=target_text, progress=progress, desc=desc)

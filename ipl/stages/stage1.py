@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .. import config as config_lib
 from ..method.losses import stage1_losses
@@ -23,6 +22,7 @@ from ..runtime import (
     atomic_save,
     check_finite,
     load_checkpoint,
+    progress_bar,
     rng_state,
     set_rng_state,
 )
@@ -132,7 +132,7 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
             ckpt_path,
         )
 
-    bar = tqdm(range(start, c1.iterations), desc="stage 1", initial=start, total=c1.iterations, disable=not progress)
+    bar = progress_bar(range(start, c1.iterations), desc="stage 1", initial=start, total=c1.iterations, disable=not progress)
     tick, last_logged = time.time(), start
     for step in bar:
         codes, image_features = pairs.batch(step, device)
@@ -157,7 +157,7 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
         optimizer.step()
 
         done = step + 1
-        bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+        bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
         if done % c1.log_every == 0 or done == c1.iterations:
             now = time.time()
             log.write(done, **values, sec_per_iter=round((now - tick) / (done - last_logged), 4))

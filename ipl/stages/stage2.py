@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .. import config as config_lib
 from ..method.directions import build_directions
@@ -24,6 +23,7 @@ from ..runtime import (
     atomic_save,
     check_finite,
     load_checkpoint,
+    progress_bar,
     rng_state,
     set_rng_state,
 )
@@ -75,7 +75,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
         save_png(grid(model.sample_rows()), run_dir / "samples" / f"step_{step:06d}.png")
 
     total = model.iterations
-    bar = tqdm(range(start, total), desc="stage 2", initial=start, total=total, disable=not progress)
+    bar = progress_bar(range(start, total), desc="stage 2", initial=start, total=total, disable=not progress)
     tick, sums, n_summed = time.time(), {}, 0  # sums stay on the device: no per-step sync
     for step in bar:
         batch = model.batch(step)
@@ -108,7 +108,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
             now = time.time()
             extra = {} if trained is None else {"layers": trained}
             log.write(done, **means, **extra, sec_per_iter=round((now - tick) / n_summed, 4))
-            bar.set_postfix(loss=f"{means['loss']:.4f}")
+            bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
             sums, n_summed, tick = {}, 0, now
         if done % c2.output_interval == 0 or done == total:
             samples(done)

@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ...runtime import LatentSampler, atomic_save
+from ...runtime import LatentSampler, atomic_save, progress_bar
 
 BANK_FORMAT = 1
 
@@ -107,7 +106,7 @@ def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncati
     sampler = LatentSampler(seed, batch, generator.style_dim)
     for _ in range(have):  # skip what the bank already holds
         sampler()
-    bar = tqdm(total=steps * batch, initial=have * batch, desc="source-feature bank", unit="img", disable=not progress)
+    bar = progress_bar(total=steps * batch, initial=have * batch, desc="source-feature bank", unit="img", disable=not progress)
     for step in range(have, steps):
         w = latents_to_w(generator, sampler().to(device), truncation, truncation_latent)
         ws.append(w.cpu())
