@@ -209,8 +209,15 @@ RECORDED_SOURCE = "recorded"  # the source named in the adapted checkpoint's run
 
 def load_adapted(path, device):
     """An adapted generator checkpoint: ``(generator, info)`` as :func:`stylegan2.load_generator`."""
-    from stylegan2 import load_generator
+    from stylegan2 import CheckpointError, load_generator
 
+    from .backends import checkpoint_kind
+
+    if Path(path).is_file() and checkpoint_kind(path) == "diffae":
+        raise CheckpointError(
+            f"{path} is a Diff-IPL run's autoencoder: it edits real images rather than sampling seeds; "
+            "use scripts/translate.py --ckpt ... --images ..."
+        )
     generator, info = load_generator(path, device)
     return generator.eval().requires_grad_(False), info
 

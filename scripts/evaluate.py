@@ -1,7 +1,13 @@
-"""Evaluate an adapted generator: IS, SIFID, SCS, ID, diversity and CLIP score, in one rendering pass.
+"""Evaluate an adapted model: IS, SIFID, SCS, ID, diversity and CLIP score, in one rendering pass.
 
     python scripts/evaluate.py --adapted runs/ffhq_elf/generator.pt --refs refs/ffhq_elf
-    python scripts/evaluate.py --adapted G.pt --source ffhq --metrics is,scs,id --n 1000 --out eval/elf
+    python scripts/evaluate.py --adapted G.pt --source ffhq --metrics is,scs,id --num-images 1000 --out eval/elf
+    python scripts/evaluate.py --adapted runs/diffae_elf/autoencoder.pt --images celeba_hq_test/ --num-images 100
+
+A StyleGAN2 generator is scored on the images of seeds; a Diff-IPL run's
+autoencoder on held-out real images (--images, default the run's
+data.test_images): source = the source model's reconstruction, adapted =
+the fine-tuned model's render of the same inverted latents.
 
 Writes OUT/metrics.json and OUT/metrics.md (a row in the layout of the
 paper's Table 1). Metric weights are looked up as docs/EVALUATION.md says;
@@ -29,8 +35,8 @@ from ipl.sampling import RECORDED_SOURCE
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--adapted", required=True, help="adapted generator (RUN/generator.pt)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--adapted", required=True, help="adapted model (RUN/generator.pt, or a Diff-IPL run's RUN/autoencoder.pt)")
     p.add_argument(
         "--source",
         default=RECORDED_SOURCE,
@@ -38,7 +44,8 @@ def parse_args():
     )
     p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} (default: all; sifid only with --refs)")
     p.add_argument("--refs", help="folder of SIFID reference images of the target domain (R1, R2, R3 in file-name order)")
-    p.add_argument("--n", type=int, default=1000, help="images per generator (default 1000)")
+    p.add_argument("--num-images", "--n", dest="n", type=int, default=1000, help="images per model (default 1000)")
+    p.add_argument("--images", help="Diff-IPL runs: folder of held-out images to score (default: the run's data.test_images)")
     p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--batch", type=int, default=4, help="images per batch; lower it if GPU memory runs out (default 4)")
     p.add_argument("--truncation", type=float, default=0.7, help="truncation psi of source and adapted images (default 0.7)")
@@ -97,6 +104,7 @@ def main():
         source=args.source,
         references=references,
         target_text=args.target_text,
+        images=args.images,
         progress=not args.no_progress,
     )
     path = write_record(record, args.out or Path(args.adapted).parent)

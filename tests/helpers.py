@@ -153,3 +153,24 @@ def tiny_diffae_config(tmp_path, *overrides):
     return config_lib.load_config(
         None, TINY_DIFFAE_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *overrides]
     )
+
+
+def save_tiny_diffae_run(root, seed=3, scale=0.05):
+    """A Diff-IPL run's ``autoencoder.pt`` without training: the tiny random source (recorded in
+    the run config) with its UNet weights moved. Returns ``(path, config, source, adapted)``."""
+    import copy
+
+    from ipl.backends.diffae import build_autoencoder, save_autoencoder
+
+    config = tiny_diffae_config(root)
+    source = build_autoencoder("tiny", seed=config.generator.seed)
+    adapted = copy.deepcopy(source)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapted.net.named_parameters():
+            if not name.startswith("encoder."):
+                p.add_(scale * torch.randn(p.shape, generator=gen))
+    path = root / "autoencoder.pt"
+    meta = {"kind": "diffae", "source_class": config.prompt.source_class, "target_class": config.prompt.target_class}
+    save_autoencoder(path, adapted, config=config_lib.to_dict(config), step=1, meta=meta)
+    return path, config, source, adapted

@@ -171,3 +171,22 @@ def test_keys_of_the_other_generator_kind_are_refused():
     # A resolved config written by a run holds every section at its default: it loads.
     saved = config_lib.to_dict(load_config(None, ["stage1.lr=0.1"]))
     assert config_lib.from_dict(saved).stage1.lr == 0.1
+
+
+@pytest.mark.parametrize("name,source,target", [("diffae_wall_painting", "photo", "wall painting"), ("diffae_elf", "human", "tolkien elf")])
+def test_fig5_diffipl_configs(name, source, target):
+    c = load_config(CONFIGS / f"{name}.yaml", ["data.images=/faces"])
+    assert (c.generator.kind, c.generator.checkpoint, c.prompt.source_class, c.prompt.target_class) == ("diffae", "ffhq256_autoenc", source, target)
+    # DiffusionCLIP's defaults (its main.py), IPL's Stage 1.
+    assert c.diffusionclip == config_lib.DiffusionCLIPConfig()
+    dc = c.diffusionclip
+    assert (dc.t_0, dc.n_inv_step, dc.n_train_step, dc.n_test_step, dc.eta) == (400, 40, 6, 40, 0.0)
+    assert (dc.lr, dc.lr_gamma, dc.epochs, dc.batch, dc.clip_loss_w, dc.l1_loss_w, dc.id_loss_w) == (2e-6, 1.3, 1, 1, 3.0, 0.0, 0.0)
+    assert (c.data.n_images, c.data.n_train, c.data.n_test) == (100, 50, 10)
+    assert c.stage1 == config_lib.Stage1Config() and c.clip.model == "ViT-B/32"
+
+
+def test_tiny_diffae_config_needs_no_downloads():
+    c = load_config(CONFIGS / "tiny_diffae.yaml")
+    assert (c.generator.kind, c.generator.checkpoint, c.diffae.arch, c.clip.model, c.device) == ("diffae", "random", "tiny", "tiny", "cpu")
+    assert c.data.images == "assets/demo_images"

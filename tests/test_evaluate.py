@@ -436,3 +436,37 @@ def test_reproduction_runs_end_to_end_and_resumes_without_redoing_work(tmp_path,
     changed = T.plan_table1([str(REPO / "configs" / "tiny.yaml")], settings, runs_root=root, overrides=overrides + ["stage2.lr=0.001"])
     with pytest.raises(CheckpointError, match="stage2.lr"):
         T.run_table1(changed, device=torch.device("cpu"), load_networks=no_work, runs_root=root, progress=False, adapt=no_work)
+
+
+def test_a_diffipl_run_is_scored_on_held_out_images_reconstructed_and_edited(networks, tmp_path):
+    from helpers import REPO, save_tiny_diffae_run
+
+    from ipl.backends.diffae.editing import load_editor
+    from ipl.images import image_tensor, list_images
+
+    path, config, source, adapted = save_tiny_diffae_run(tmp_path)
+    folder = REPO / "assets" / "demo_images"
+    settings = E.EvalSettings(metrics=("is", "scs", "clip"), n=10, batch=4)
+    record = E.evaluate_checkpoint(path, networks, settings, device="cpu", images=folder, progress=False)
+    assert record["kind"] == "diffae" and record["images"]["count"] == 10 and record["target_text"] == "wall painting"
+    # By hand: each image inverted by the source, rendered by both models, 8-bit, then the metric functions.
+    dc = config.diffusionclip
+    src, adp = [], []
+    with torch.no_grad():
+        for f in list_images(folder)[:10]:
+            x0 = image_tensor(f, source.img_size)
+            z = source.encode(x0)
+            x_t = source.invert(x0, z, dc.t_0, dc.n_inv_step)
+            src.append(source.generate(x_t, z, dc.t_0, dc.n_test_step))
+            adp.append(adapted.generate(x_t, z, dc.t_0, dc.n_test_step))
+    src, adp = E.quantize_images(torch.cat(src)), E.quantize_images(torch.cat(adp))
+    assert record["metrics"]["scs"] == pytest.approx(M.compute_scs(networks.hed, [src], [adp]), rel=1e-4)
+    is_mean, _ = M.compute_inception_score(networks.inception, [adp], splits=10)
+    assert record["metrics"]["is"] == pytest.approx(is_mean, rel=1e-4)
+    # The held-out folder must hold the images asked for; a StyleGAN2 file takes no --images.
+    with pytest.raises(E.EvaluationError, match="holds 12 images, fewer than --num-images 13"):
+        E.evaluate_checkpoint(path, networks, E.EvalSettings(metrics=("is",), n=13), device="cpu", images=folder, progress=False)
+    with pytest.raises(E.EvaluationError, match="without data.test_images: pass the held-out images"):
+        E.evaluate_checkpoint(path, networks, settings, device="cpu", progress=False)
+    editor, _ = load_editor(path, "cpu")
+    assert editor.t_0 == dc.t_0

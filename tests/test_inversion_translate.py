@@ -186,21 +186,10 @@ def test_photo_names_stay_unique(files, tmp_path):
 @pytest.fixture(scope="module")
 def diffae_run(tmp_path_factory):
     """A Diff-IPL run's autoencoder.pt: the tiny random source (recorded in the run config) with moved UNet weights."""
-    from helpers import tiny_diffae_config
-
-    from ipl.backends.diffae import build_autoencoder, save_autoencoder
-    from ipl.config import to_dict
+    from helpers import save_tiny_diffae_run
 
     root = tmp_path_factory.mktemp("diffae_run")
-    config = tiny_diffae_config(root)
-    source = build_autoencoder("tiny", seed=config.generator.seed)
-    adapted = copy.deepcopy(source)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in adapted.net.named_parameters():
-            if not name.startswith("encoder."):
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    save_autoencoder(root / "autoencoder.pt", adapted, config=to_dict(config), step=1, meta={"kind": "diffae"})
+    _, config, source, adapted = save_tiny_diffae_run(root)
     photo = Image.fromarray((np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8))
     photo.save(root / "face.png")
     return root, config, source, adapted

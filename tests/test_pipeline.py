@@ -63,6 +63,36 @@ def test_adapt_runs_the_tiny_config_end_to_end(tmp_path):
     assert "Traceback" not in changed.stderr
 
 
+def test_adapt_runs_the_tiny_diffae_config_end_to_end(tmp_path):
+    from ipl.backends.diffae import load_autoencoder
+
+    def run():
+        return subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "adapt.py"), "--config", str(REPO / "configs" / "tiny_diffae.yaml"), "--no-progress",
+             "--set", f"run_dir={tmp_path / 'run'}", "--set", f"cache_dir={tmp_path / 'cache'}"],
+            capture_output=True, text=True, cwd=REPO,
+        )  # fmt: skip
+
+    done = run()
+    assert done.returncode == 0, done.stderr
+    run_dir, config = tmp_path / "run", load_config(REPO / "configs" / "tiny_diffae.yaml")
+    assert torch.load(run_dir / "mapper.pt", weights_only=True)["step"] == config.stage1.iterations
+    model = load_autoencoder(run_dir / "autoencoder.pt")
+    assert model.img_size == 32 and torch.load(run_dir / "autoencoder.pt", weights_only=True)["meta"]["target_class"] == "wall painting"
+    steps = config.diffusionclip.epochs * config.data.n_train
+    assert sorted(p.name for p in (run_dir / "samples").iterdir())[-1] == f"step_{steps:06d}.png"
+    assert len((run_dir / "stats_stage2.jsonl").read_text().splitlines()) == steps // config.stage2.log_every
+    # Every image was encoded once and the training images inverted once, into the cache.
+    cached = list((tmp_path / "cache" / "diffae").rglob("*.pt"))
+    assert sum(p.name.endswith("-encoded.pt") for p in cached) == config.data.n_images
+    assert sum("-inverted-" in p.name for p in cached) == config.data.n_train
+
+    # A second run reuses both stages' outputs.
+    again = run()
+    assert again.returncode == 0, again.stderr
+    assert "reusing the complete Stage-1 checkpoint" in again.stderr
+
+
 def test_bad_config_key_exits_with_a_hint_not_a_traceback(tmp_path):
     done = adapt(tmp_path, "stage1.lamda_domain=2")
     assert done.returncode == 2

@@ -37,9 +37,20 @@ def record_markdown(record):
     notes = [
         f"- adapted: `{record['adapted']['path']}` (sha256 {record['adapted']['sha256'][:12]}…)",
         f"- source: {record['source']['spec']}" + (f" (`{record['source']['path']}`)" if record["source"]["path"] else ""),
-        f"- {s['n']} images per generator, seeds {record['seeds'][0]}..{record['seeds'][1]}, truncation {s['truncation']} "
-        f"towards the {record['truncation_centre']}, {'8-bit' if s['quantize'] else 'float'} images",
     ]
+    bits = "8-bit" if s["quantize"] else "float"
+    if "images" in record:  # a Diff-IPL run: held-out real images
+        im, ddim = record["images"], record["ddim"]
+        notes.append(
+            f"- {im['count']} held-out images of `{im['folder']}` ({im['first']} .. {im['last']}), each inverted by the source "
+            f"model to t_0={ddim['t_0']} in {ddim['n_inv_step']} steps; source = its reconstruction, adapted = the fine-tuned "
+            f"model's render, {ddim['n_test_step']} steps, {bits} images"
+        )
+    else:
+        notes.append(
+            f"- {s['n']} images per generator, seeds {record['seeds'][0]}..{record['seeds'][1]}, truncation {s['truncation']} "
+            f"towards the {record['truncation_centre']}, {bits} images"
+        )
     if "id" in s["metrics"]:
         notes.append(f"- ID network: {s['id_net']}")
     if record["references"]:

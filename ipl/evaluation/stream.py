@@ -48,6 +48,25 @@ def image_pairs(adapted, seeds, *, source=None, batch=8, truncation=1.0, truncat
         yield tuple(images)
 
 
+def edited_image_pairs(editor, files, *, batch=4, paired=True, quantize=True):
+    """Yield ``(reconstructions or None, edits)`` batches of a Diff-IPL run's images.
+
+    Each image is encoded and inverted to x_{t_0} by the source model; the
+    source's render of those latents is the "source" image, the fine-tuned
+    model's render the "adapted" one (see :class:`ipl.backends.diffae.editing.Editor`).
+    """
+    from ..images import image_tensor
+
+    files = list(files)
+    for start in range(0, len(files), batch):
+        x0 = torch.cat([image_tensor(f, editor.resolution) for f in files[start : start + batch]])
+        z_sem, x_t = editor.invert(x0)
+        images = [editor.reconstruct(z_sem, x_t).cpu() if paired else None, editor.edit(z_sem, x_t).cpu()]
+        if quantize:
+            images = [None if x is None else quantize_images(x) for x in images]
+        yield tuple(images)
+
+
 def load_references(folder):
     """Reference images of a folder, sorted by file name: ``{name: (1, 3, H, W) in [-1, 1]}``."""
     folder = Path(folder)
