@@ -14,7 +14,7 @@ setup(
     version="0.1.0",
     description=(
         "Zero-shot generative model adaptation via image-specific prompt "
-        "learning (IPL, CVPR 2023) on StyleGAN2"
+        "learning (IPL, CVPR 2023) on StyleGAN2 and diffusion autoencoders"
     ),
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -8,22 +8,31 @@ see its traceback (``IPL_DEBUG=1``) and exits 1.
 
 import argparse
 import logging
+import math
 import os
 import sys
+from pathlib import Path
 
 from stylegan2.checkpoint import CheckpointError
+from stylegan2.utils import without_torch_advice
 
 from .clip import ClipWeightsError
 from .config import ConfigError, load_config
 from .evaluation.settings import EvaluationError
 from .images import UnreadableImageError
 from .inversion.align import MissingDependencyError
-from .metrics.weights import MissingWeightsError, WeightsMismatchError
-from .runtime import TrainingDiverged
+from .metrics.weights import MissingWeightsError, WeightsFileError, WeightsMismatchError
+from .runtime import TrainingDiverged, folder_problem
 from .safe_load import SafeLoadError
+
+
+class InputError(ValueError):
+    """A script's inputs that cannot give a result (e.g. no photo could be read); the message says which and why."""
+
 
 # Errors whose message says what is wrong and what to do: shown without a traceback.
 USER_ERRORS = (
+    InputError,
     ConfigError,
     CheckpointError,
     ClipWeightsError,
@@ -31,6 +40,7 @@ USER_ERRORS = (
     EvaluationError,
     MissingWeightsError,
     WeightsMismatchError,
+    WeightsFileError,
     MissingDependencyError,
     UnreadableImageError,
     SafeLoadError,
@@ -59,6 +69,58 @@ def config_parser(description):
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config's device")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+# ---------------------------------------------------------------------------
+# Argument values: argparse types that refuse nonsense with the flag's name
+
+
+def int_at_least(low):
+    """An argparse ``type``: an integer ``>= low`` ("argument --batch: must be an integer >= 1, got 0")."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def float_in(low, high, low_open=False, why=""):
+    """An argparse ``type``: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"must be in {interval}{why}, got {text}")
+        return value
+
+    return parse
+
+
+def check_output_folder(parser, path, flag):
+    """``parser.error`` unless ``path`` is a folder or can be created (no file in the way)."""
+    problem = folder_problem(path)
+    if problem:
+        parser.error(f"{flag} {path} {problem}; give a folder")
+
+
+def check_output_file(parser, path, flag):
+    """``parser.error`` unless ``path`` can be written as a file (not a folder, its folder creatable)."""
+    path = Path(path)
+    if path.is_dir():
+        parser.error(f"{flag} {path} is a folder; give the file to write (e.g. {path / 'out.pt'})")
+    problem = folder_problem(path.parent)
+    if problem:
+        parser.error(f"{flag} {path}: its folder {path.parent} {problem}")
 
 
 def load(args):
@@ -104,8 +166,11 @@ def run(main, extra_errors=()):
         if hint:
             print(f"error: {hint}", file=sys.stderr)
             sys.exit(USAGE_EXIT)
+        # A torch loader error that no loader turned into a message of ours must
+        # still not advise loading with weights_only=False.
         print(
-            f"error: unexpected {type(e).__name__}: {one_line(e)[:300]} (run again with {DEBUG_ENV}=1 for the traceback)",
+            f"error: unexpected {type(e).__name__}: {one_line(without_torch_advice(e))[:300]} "
+            f"(run again with {DEBUG_ENV}=1 for the traceback)",
             file=sys.stderr,
         )
         sys.exit(BUG_EXIT)

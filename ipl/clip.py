@@ -8,6 +8,7 @@ mask is causal and the feature is read at the EOT position, so the tokens
 after it never influence the result.
 """
 
+import difflib
 import os
 import urllib.error
 import warnings
@@ -184,31 +185,73 @@ def load_clip(name="ViT-B/32", device="cpu", dtype="auto", download_root="", see
     Returns:
         :class:`FrozenCLIP`.
     """
+    check_clip_name(name)
     if name == "tiny" or name.startswith("random:"):
         model = build_random_clip(name.removeprefix("random:"), seed)
     else:
         root = download_root or os.path.expanduser("~/.cache/clip")
-        if name not in clip.available_models() and not Path(name).is_file():
-            raise ClipWeightsError(
-                f"unknown CLIP model {name!r}: use one of {', '.join(clip.available_models())}, "
-                "a path to a CLIP checkpoint, 'tiny' or 'random:ViT-B/32'"
-            )
         try:
             # Loaded on the CPU (fp32), converted below on purpose.
             model, _ = clip.load(name, device="cpu", jit=False, download_root=root)
         except (urllib.error.URLError, OSError) as e:
-            url = clip.clip._MODELS.get(name, "")
-            target = Path(root) / os.path.basename(url) if url else Path(name)
-            raise ClipWeightsError(
-                f"CLIP weights for {name!r} are not in {target} and could not be downloaded ({e}). "
-                f"On a machine with internet, run the same command once to fill the cache, or download "
-                f"{url or name} to {target} (set clip.download_root to use another folder)."
-            ) from None
+            if name not in clip.available_models():
+                raise _unreadable_file_error(name, e) from None
+            raise _download_error(name, root, e) from None
+        except Exception as e:  # a file of the user's that the package cannot read
+            if name in clip.available_models():
+                raise
+            raise _unreadable_file_error(name, e) from None
     torch_dtype = _resolve_dtype(dtype, device)
     model = model.float()
     if torch_dtype == torch.float16:
         convert_weights(model)  # what clip.load does on CUDA
     return FrozenCLIP(model.to(device))
+
+
+def _unreadable_file_error(name, e):
+    from stylegan2.utils import load_error_summary, torch_file_problem
+
+    # clip.load reads TorchScript archives and state dicts of its own CLIP class; a
+    # readable file of another kind fails in its model builder (a missing key).
+    problem = load_error_summary(e) if isinstance(e, (KeyError, AttributeError, TypeError)) else torch_file_problem(name, e)
+    return ClipWeightsError(
+        f"{name} is not a readable CLIP checkpoint ({problem}); use an OpenAI CLIP name "
+        f"({', '.join(clip.available_models())}, downloaded on first use) or a file that clip.load reads"
+    )
+
+
+def _download_error(name, root, e):
+    url = clip.clip._MODELS.get(name, "")
+    target = Path(root) / os.path.basename(url) if url else Path(name)
+    return ClipWeightsError(
+        f"CLIP weights for {name!r} are not in {target} and could not be downloaded ({e}). "
+        f"On a machine with internet, run the same command once to fill the cache, or download "
+        f"{url or name} to {target} (set clip.download_root to use another folder)."
+    )
+
+
+def check_clip_name(name):
+    """Raise :class:`ClipWeightsError` unless ``name`` is a CLIP that :func:`load_clip` can load (cheap: nothing is read).
+
+    Scripts call it before building anything else, so that a misspelt name
+    stops a run before the generator is downloaded.
+    """
+    if name == "tiny" or name in clip.available_models():
+        return
+    if name.startswith("random:"):
+        if name.removeprefix("random:") not in RANDOM_ARCHS:
+            raise ClipWeightsError(f"unknown random CLIP {name!r}: use one of {', '.join('random:' + a for a in RANDOM_ARCHS)} or 'tiny'")
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        raise ClipWeightsError(f"CLIP model {name!r} is a folder, not a checkpoint file; use an OpenAI CLIP name such as ViT-B/32 or a checkpoint file")
+    if not path.is_file():
+        close = difflib.get_close_matches(name, clip.available_models(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ClipWeightsError(
+            f"unknown CLIP model {name!r}{hint}: use one of {', '.join(clip.available_models())}, "
+            "a path to a CLIP checkpoint, 'tiny' or 'random:ViT-B/32'"
+        )
 
 
 class FrozenCLIP(nn.Module):

@@ -530,6 +530,11 @@ def validate(config):
         _fail("prompt.target_class", p.target_class, "is the source label too: the direction from a label to itself is zero; choose two different labels")
     if p.ctx_init != PromptConfig.ctx_init:
         check_ctx_init(p.ctx_init)
+    if config.clip.model.startswith("random:"):
+        from .clip import RANDOM_ARCHS
+
+        if config.clip.model.removeprefix("random:") not in RANDOM_ARCHS:
+            _fail("clip.model", config.clip.model, f"names no random CLIP architecture: use {' or '.join('random:' + a for a in RANDOM_ARCHS)}, or 'tiny'")
     if "/" in config.name or config.name in (".", ".."):
         _fail("name", config.name, "is not a folder name: use letters, digits, '-' and '_' (or set run_dir)")
     if config.generator.kind == "diffae":
@@ -542,6 +547,13 @@ def validate(config):
                 "is a StyleGAN2 model, not a diffusion autoencoder: for generator.kind=diffae use a released "
                 "autoencoder (e.g. ffhq256_autoenc), a checkpoint path or 'random'",
             )
+        from .backends.diffae.model import ARCHITECTURES
+        from .backends.diffae.pretrained import REGISTRY as RELEASED
+
+        if config.diffae.arch not in ARCHITECTURES and config.diffae.arch not in RELEASED:
+            close = difflib.get_close_matches(config.diffae.arch, list(ARCHITECTURES), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            _fail("diffae.arch", config.diffae.arch, f"is not a named architecture{hint}: use one of {', '.join(ARCHITECTURES)}")
         d, dc = config.data, config.diffusionclip
         if d.n_train > d.n_images:
             _fail("data.n_train", d.n_train, f"exceeds data.n_images ({d.n_images}): Stage 2 trains on the first n_train of the n_images images")
@@ -603,6 +615,8 @@ def parse_override(text):
 def read_config_file(path):
     """The nested dict of one YAML config file, with its ``name`` defaulting to the file's stem."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file: give a YAML file (e.g. configs/tiny.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

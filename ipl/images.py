@@ -31,6 +31,28 @@ def list_images(folder, what="image folder"):
     return files
 
 
+def check_image(path):
+    """Raise :class:`UnreadableImageError` unless ``path`` is an image file PIL can open (header and checksums, no decoding)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(f"{path}: {'a folder, not an image file' if path.is_dir() else 'no such file'}")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # PIL's verify() reports some damage as SyntaxError (e.g. a broken PNG chunk).
+        raise UnreadableImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+    return path
+
+
+def expand_image_paths(paths):
+    """Image files of ``paths``: a folder stands for its images (:func:`list_images`), a file for itself."""
+    files = []
+    for path in map(Path, paths):
+        files.extend(list_images(path, str(path)) if path.is_dir() else [path])
+    return files
+
+
 def load_photo(path):
     """An image file as an RGB ``PIL.Image``, turned upright by its EXIF orientation.
 

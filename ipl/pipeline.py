@@ -11,7 +11,7 @@ import yaml
 
 from . import config as config_lib
 from .build import build_backend, build_clip
-from .runtime import CheckpointError, choose_device, keep_freed_memory, load_checkpoint
+from .runtime import CheckpointError, choose_device, folder_problem, keep_freed_memory, load_checkpoint
 from .stages.stage1 import STAGE1_SCHEMES, load_prompt_model, train_mapper
 from .stages.stage2 import train_generator
 
@@ -95,14 +95,61 @@ def write_run_config(config, derived, backend, run_dir):
     (run_dir / "config.yaml").write_text(header + yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
 
 
+def check_run_inputs(config):
+    """Refuse, before anything is downloaded or built, the inputs of a run that cannot work.
+
+    The output folders (``run_dir``, ``cache_dir``) must be folders or
+    creatable, and the CLIP name must be one :func:`ipl.clip.load_clip`
+    knows. The source model's checkpoint and the image folders are checked
+    by the backends, before their first download.
+    """
+    from .clip import check_clip_name
+
+    derived = config_lib.resolve(config)
+    folders = [("run_dir", derived.run_dir, config.run_dir), ("cache_dir", derived.cache_dir, config.cache_dir)]
+    if config.clip.download_root:
+        folders.append(("clip.download_root", config.clip.download_root, config.clip.download_root))
+    for key, folder, given in folders:
+        problem = folder_problem(folder)
+        if problem:
+            origin = "" if given else f" (the default, from {'name' if key == 'run_dir' else 'your home folder'})"
+            raise config_lib.ConfigError(f"{key}: {folder}{origin} {problem}; choose another folder with --set {key}=DIR")
+    check_clip_name(config.clip.model)
+
+
+def finished_mapper(config, mapper_path=None):
+    """The finished Stage-1 checkpoint that Stage 2 of ``config`` reads, checked; returns ``(path, checkpoint)``.
+
+    Cheap (no model is built), so scripts call it before the source model is
+    loaded. ``mapper_path`` defaults to ``RUN/mapper.pt``.
+    """
+    path = Path(mapper_path or config_lib.resolve(config).run_dir / "mapper.pt")
+    ckpt = load_checkpoint(path, "mapper")
+    scheme = ckpt.get("prompt", {}).get("scheme") if isinstance(ckpt.get("prompt"), dict) else None
+    if scheme != config.prompt.scheme:
+        raise CheckpointError(
+            f"{path} holds {scheme!r} prompts but prompt.scheme is {config.prompt.scheme!r}: "
+            f"train Stage 1 with this config (python scripts/train_mapper.py --config ...), or set prompt.scheme={scheme}"
+        )
+    iterations = ckpt.get("config", {}).get("stage1", {}).get("iterations")
+    if not isinstance(ckpt.get("step"), int) or not isinstance(iterations, int) or ckpt["step"] < iterations:
+        raise CheckpointError(
+            f"{path} stopped at step {ckpt.get('step')} of {iterations}; "
+            "finish Stage 1 first (python scripts/train_mapper.py --config ... --resume)"
+        )
+    return path, ckpt
+
+
 class Session:
     """What both stages share: device, the backend with its source model, CLIP, derived values."""
 
     def __init__(self, config, device=None, progress=True):
         self.config = config
         self.device = choose_device(device or config.device)
+        check_run_inputs(config)
         if self.device.type == "cpu":
-            keep_freed_memory()  # ~1.3x per step on a CPU, see its docstring
+            # ~1.3x per step on a CPU; Diff-IPL only when asked, for its memory (see the docstring).
+            keep_freed_memory(default=config.generator.kind == "stylegan2")
         self.progress = progress
         self.backend = build_backend(config, self.device, progress)
         self.clip = build_clip(config.clip, self.device)
@@ -127,20 +174,11 @@ class Session:
         config = self.config
         prompt_model = None
         if config.prompt.scheme in STAGE1_SCHEMES:
-            mapper_path = Path(mapper_path or self.run_dir / "mapper.pt")
-            prompt_model, ckpt = load_prompt_model(mapper_path, self.device)
-            if ckpt["prompt"]["scheme"] != config.prompt.scheme:
-                raise CheckpointError(
-                    f"{mapper_path} holds {ckpt['prompt']['scheme']!r} prompts but prompt.scheme is {config.prompt.scheme!r}"
-                )
-            if ckpt["step"] < ckpt["config"]["stage1"]["iterations"]:
-                raise CheckpointError(
-                    f"{mapper_path} stopped at step {ckpt['step']} of {ckpt['config']['stage1']['iterations']}; "
-                    "finish Stage 1 first (train_mapper.py --resume)"
-                )
+            mapper_path, _ = finished_mapper(config, mapper_path or self.run_dir / "mapper.pt")
+            prompt_model, _ = load_prompt_model(mapper_path, self.device)
         path = self.run_dir / "stage2.pt"
         if resume and path.exists():
-            check_compatible(path, load_checkpoint(path, "format"), config, self.stage2_keys, "trained")
+            check_compatible(path, load_checkpoint(path, "stage2"), config, self.stage2_keys, "trained")
         return train_generator(config, self.backend, self.clip, self.run_dir, self.device, prompt_model=prompt_model, resume=resume, progress=self.progress)
 
     def adapt(self, resume=True):

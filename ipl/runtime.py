@@ -32,6 +32,21 @@ def choose_device(name="auto"):
     return device
 
 
+def folder_problem(path):
+    """Why ``path`` cannot be used as an output folder (a file is in the way), or None.
+
+    A folder that does not exist yet is fine when it can be created: the
+    first existing path on the way up must be a folder.
+    """
+    path = Path(path).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if candidate.is_dir():
+                return None
+            return "is a file, not a folder" if candidate == path else f"cannot be created: {candidate} is a file"
+    return None
+
+
 class LatentSampler:
     """Z codes ``(batch, dim)`` per step from a CPU generator seeded once.
 
@@ -79,20 +94,75 @@ def check_finite(step, terms, checkpoint):
         )
 
 
-def load_checkpoint(path, kind):
-    """Load one of our training checkpoints (plain data, ``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read {path} as a {kind} checkpoint: {e}") from None
-    if not isinstance(ckpt, dict) or kind not in ckpt or "format" not in ckpt:
-        keys = ", ".join(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a {kind} checkpoint of this project (it holds: {keys})")
-    if ckpt["format"] > CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has format {ckpt['format']}, newer than this code ({CHECKPOINT_FORMAT}); update ipl")
+# The training checkpoints of this project: what each is called in messages,
+# the entry every file of the kind holds, and how to make the right one.
+CHECKPOINT_KINDS = {
+    "mapper": (
+        "Stage-1 checkpoint",
+        "mapper",
+        "Train Stage 1 (again) with python scripts/train_mapper.py --config CONFIG (it writes RUN/mapper.pt), "
+        "or point --mapper at a finished run's RUN/mapper.pt",
+    ),
+    "stage2": (
+        "Stage-2 training state",
+        "format",
+        "Delete it to start Stage 2 over, or leave out --resume (scripts/adapt.py: --restart)",
+    ),
+}
+
+
+_STATE_KEYS = ("mapper", "g", "g_ema", "model", "state_dict")
+
+
+def describe_contents(ckpt):
+    """What a loaded file holds, in words, for the messages about a wrong file ("a Stage-1 checkpoint (mapper.pt)")."""
+    if not isinstance(ckpt, dict):
+        return f"a {type(ckpt).__name__}, not a dict"
+    keys = set(map(str, ckpt))
+    known = (
+        ({"mapper", "prompt"}, "a Stage-1 checkpoint (mapper.pt)"),
+        ({"g", "g_optim"}, "a StyleGAN2 Stage-2 training state (stage2.pt)"),
+        ({"model", "optimizer", "scheduler"}, "a Diff-IPL Stage-2 training state (stage2.pt)"),
+        ({"g_ema"}, "a StyleGAN2 generator checkpoint (e.g. RUN/generator.pt)"),
+        ({"state_dict", "hyper_parameters"}, "a Diff-AE autoencoder checkpoint (e.g. RUN/autoencoder.pt)"),
+        ({"fields", "w", "features"}, "a source-feature bank (a cache entry)"),
+        ({"opts", "state_dict"}, "an e4e / ReStyle encoder checkpoint"),
+        ({"wplus"}, "the codes of a translated photo (scripts/translate.py)"),
+        ({"z_sem", "x_t"}, "the codes of a translated photo (scripts/translate.py)"),
+    )
+    for needed, description in known:
+        # An entry such as g_ema or mapper must hold a state dict, not some other object.
+        if needed <= keys and all(isinstance(ckpt[k], (dict, torch.Tensor)) for k in needed if k in _STATE_KEYS):
+            return description
+    if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        return f"a bare state dict of {len(ckpt)} tensors"
+    shown = ", ".join(sorted(keys)[:8]) + (", ..." if len(keys) > 8 else "")
+    return f"a dict with the keys {shown or '(none)'}"
+
+
+def load_checkpoint(path, kind, key=None):
+    """Load one of our training checkpoints (plain data, read without running code).
+
+    Args:
+        path: The file.
+        kind: ``"mapper"`` (Stage 1's ``mapper.pt``) or ``"stage2"``
+            (Stage 2's ``stage2.pt``), see :data:`CHECKPOINT_KINDS`.
+        key: An entry the file must hold besides ``format`` (default: the
+            kind's own, e.g. ``"mapper"``).
+
+    Raises:
+        CheckpointError: missing, unreadable or another kind of file; the
+            message names the file, what it is and how to make the right one.
+    """
+    from stylegan2.checkpoint import article, read_checkpoint
+
+    what, default_key, remedy = CHECKPOINT_KINDS[kind]
+    ckpt = read_checkpoint(path, what=what, remedy=remedy)
+    key = key or default_key
+    if not isinstance(ckpt, dict) or key not in ckpt or "format" not in ckpt:
+        raise CheckpointError(f"{path} is {describe_contents(ckpt)}, not {article(what)} {what} of this project. {remedy}")
+    if not isinstance(ckpt["format"], int) or ckpt["format"] > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has format {ckpt['format']!r}, newer than this code ({CHECKPOINT_FORMAT}); update ipl")
     return ckpt
 
 
@@ -132,7 +202,7 @@ class StatsLog:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
-def keep_freed_memory():
+def keep_freed_memory(default=True):
     """Make glibc keep freed memory on its heap for reuse (Linux CPU runs).
 
     By default glibc serves every large block (an activation) with a fresh
@@ -142,13 +212,20 @@ def keep_freed_memory():
     activations are reused: per step at 1024 px on a 2-core CPU, Stage 1
     (fresh images) 29 s against 38 s and Stage 2 29 s against 40 s, for a
     peak 0.1-0.5 GiB higher (benchmarks/RESULTS.md). Freed memory then
-    mostly stays with the process until it exits.
-    ``IPL_KEEP_FREED_MEMORY=0`` turns this off.
+    mostly stays with the process until it exits. A Diff-AE fine-tuning
+    step at 256 px is 1.3x faster with it too, but its peak grows from 6.9
+    to 9.6 GiB (the heap fragments between activations of many sizes), so
+    Diff-IPL runs without it by default.
+
+    Args:
+        default: Whether to apply it when ``IPL_KEEP_FREED_MEMORY`` is not
+            set; ``IPL_KEEP_FREED_MEMORY=0`` / ``1`` decides otherwise.
 
     Returns:
         Whether the setting was applied (not on other systems or C libraries).
     """
-    if os.environ.get("IPL_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    wanted = os.environ.get("IPL_KEEP_FREED_MEMORY", "1" if default else "0") != "0"
+    if not wanted or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
@@ -166,7 +243,9 @@ __all__ = [
     "atomic_save",
     "check_finite",
     "choose_device",
+    "describe_contents",
     "ema_update",
+    "folder_problem",
     "keep_freed_memory",
     "LatentSampler",
     "load_checkpoint",

@@ -31,13 +31,14 @@ the problem; torch's advice to pass ``weights_only=False`` is never passed on.
 import collections
 import io
 import pickle
-import re
 import struct
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
+
+from stylegan2.utils import load_error_summary, refused_global
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch's legacy magic number, pickled
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
@@ -365,19 +366,7 @@ def read_restricted(path, *, mmap=True):
             raise
         raise SafeLoadError(f"{path}: {e}; the file is damaged or was not written by torch.save") from None
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError, RuntimeError, OSError) as e:
-        raise SafeLoadError(f"{path}: cannot be read ({type(e).__name__}: {_first_line(e)}); the file is truncated or corrupt") from None
-
-
-def _first_line(error):
-    """The first line of an error message, without torch's advice to load with ``weights_only=False``."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip() and "weights_only" not in line]
-    return lines[0].strip()[:200] if lines else "no details"
-
-
-def _refused_global(error):
-    """The global named in torch's weights-only refusal, or None."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    return match.group(1) if match else None
+        raise SafeLoadError(f"{path}: cannot be read ({load_error_summary(e)}); the file is truncated or corrupt") from None
 
 
 def load_untrusted(path, *, mmap=True):
@@ -400,6 +389,8 @@ def load_untrusted(path, *, mmap=True):
             checkpoint; a legacy-format file that needs more than tensors.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SafeLoadError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise SafeLoadError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -416,7 +407,7 @@ def load_untrusted(path, *, mmap=True):
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError) as e:
-            raise SafeLoadError(f"{path}: a damaged zip archive ({_first_line(e)}); fetch the file again") from None
+            raise SafeLoadError(f"{path}: a damaged zip archive ({load_error_summary(e)}); fetch the file again") from None
         if not any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names):
             raise SafeLoadError(f"{path}: a zip archive but not a PyTorch checkpoint (no '<name>/data.pkl' entry)")
     try:
@@ -425,7 +416,7 @@ def load_untrusted(path, *, mmap=True):
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as e:
-        refused = _refused_global(e)
+        refused = refused_global(e)
         if not is_zip:
             what = f"it references {refused}" if refused else "torch's tensor-only loader refuses it"
             raise SafeLoadError(
@@ -434,5 +425,5 @@ def load_untrusted(path, *, mmap=True):
                 "torch.save from a trusted environment, or obtain a newer copy."
             ) from None
     except Exception as e:
-        raise SafeLoadError(f"{path}: cannot be read ({type(e).__name__}: {_first_line(e)}); the file is truncated or corrupt") from None
+        raise SafeLoadError(f"{path}: cannot be read ({load_error_summary(e)}); the file is truncated or corrupt") from None
     return read_restricted(path, mmap=mmap)

@@ -213,7 +213,7 @@ def load_adapted(path, device):
 
     from .backends import checkpoint_kind
 
-    if Path(path).is_file() and checkpoint_kind(path) == "diffae":
+    if checkpoint_kind(path) == "diffae":  # also the errors for a missing, unreadable or wrong file
         raise CheckpointError(
             f"{path} is a Diff-IPL run's autoencoder: it edits real images rather than sampling seeds; "
             "use scripts/translate.py --ckpt ... --images ..."

@@ -30,6 +30,7 @@ from .evaluation.settings import (
     required_networks,
 )
 from .evaluation.stream import REFERENCE_SUFFIXES, load_references
+from .distributed import SINGLE, barrier
 from .sampling import RECORDED_SOURCE
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class Table1Run:
             f"--adapted {self.run_dir / 'generator.pt'}",
             f"--source {RECORDED_SOURCE}",
             f"--metrics {','.join(s.metrics)}",
-            f"--n {s.n} --seed-start {s.seed_start} --batch {s.batch} --truncation {s.truncation}",
+            f"--num-images {s.n} --seed-start {s.seed_start} --batch {s.batch} --truncation {s.truncation}",
             f"--id-net {s.id_net}",
             f"--out {self.run_dir}",
             f"--device {device}",
@@ -273,7 +274,39 @@ def _reusable_record(run, target_text):
     return record if record.get("format") == RECORD_FORMAT and _evaluation_key(record) == wanted else None
 
 
-def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=None):
+def assign_runs(runs, world):
+    """The runs ``world``'s rank owns: run i belongs to rank ``i % size`` (torchrun ranks or ``--shard i/n`` jobs)."""
+    return [run for i, run in enumerate(runs) if world.owns(i)]
+
+
+def build_banks(configs, device, world=SINGLE, progress=True):
+    """Build the source-feature banks the IPL runs of ``configs`` draw from, each once, sharded over the ranks.
+
+    Runs of the same source generator share one bank; building the banks
+    first, together, keeps two ranks from rendering the same bank.
+    """
+    from .backends.stylegan2 import StyleGAN2Backend
+    from .backends.stylegan2.bank import build_stage1_bank, stage1_bank_path
+    from .build import build_clip
+    from .config import resolve
+    from .stages.stage1 import STAGE1_SCHEMES
+
+    done = set()
+    for config in configs:
+        if config.generator.kind != "stylegan2" or config.prompt.scheme not in STAGE1_SCHEMES or config.stage1.images != "bank":
+            continue
+        backend = StyleGAN2Backend(config, device)
+        clip_model = build_clip(config.clip, device)
+        cache_dir = resolve(config).cache_dir
+        path, _ = stage1_bank_path(config, cache_dir, backend.info, clip_model)
+        if path not in done:
+            log.info("source-feature bank %s", path)
+            build_stage1_bank(config, cache_dir, backend.generator, backend.info, clip_model, backend.truncation_latent, progress=progress, world=world)
+            done.add(path)
+        del backend, clip_model
+
+
+def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=None, world=SINGLE):
     """Train and evaluate every planned run (skipping finished work), then write the tables.
 
     Args:
@@ -284,9 +317,15 @@ def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=N
         runs_root: Where ``table1.md`` and ``table1.json`` go.
         adapt: ``config -> generator.pt path``; default: Stage 1 + 2 with
             :class:`ipl.pipeline.Session` (resuming a partial run).
+        world: Ranks sharing the runs (:mod:`ipl.distributed`): each run is
+            trained and evaluated by the one rank :func:`assign_runs` gives
+            it. torchrun ranks first build the shared banks together and rank
+            0 writes the tables when all are done; a ``--shard`` job writes
+            them when it finds every run finished.
 
     Returns:
-        The summary written to ``table1.json``.
+        The summary written to ``table1.json``, or None where this process
+        does not write it (other ranks; a shard that finished before others).
     """
     from .config import load_config
 
@@ -300,13 +339,16 @@ def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=N
             torch.cuda.empty_cache()
         return path
 
+    configs = {run.name: load_config(run.config_path, run.overrides) for run in runs}
+    if adapt is None and world.active:
+        build_banks([configs[run.name] for run in runs], device, world, progress)
     adapt = adapt or default_adapt
     networks = None
     records = {}
-    configs = {run.name: load_config(run.config_path, run.overrides) for run in runs}
-    for i, run in enumerate(runs, 1):
+    mine = assign_runs(runs, world)
+    for i, run in enumerate(mine, 1):
         config = configs[run.name]
-        log.info("[%d/%d] %s", i, len(runs), run.name)
+        log.info("[%d/%d] %s%s", i, len(mine), run.name, f" (rank {world.rank} of {world.size})" if world.size > 1 else "")
         if _adapted_is_complete(run, config):
             log.info("  reusing %s", run.run_dir / "generator.pt")
         else:
@@ -317,7 +359,7 @@ def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=N
             log.info("  reusing %s", run.run_dir / "metrics.json")
         else:
             if networks is None:
-                networks = load_networks(set().union(*(required_networks(r.settings) for r in runs)))
+                networks = load_networks(set().union(*(required_networks(r.settings) for r in mine)))
             references = load_references(run.references) if run.references else None
             record = evaluate_checkpoint(
                 run.run_dir / "generator.pt",
@@ -331,6 +373,20 @@ def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=N
             )
             write_record(record, run.run_dir)
         records[run.name] = record
+
+    # The tables need every run: the others' records come from their run directories.
+    barrier(world)
+    if world.active and not world.is_main:
+        return None
+    for run in runs:
+        if run.name not in records:
+            record = _reusable_record(run, configs[run.name].prompt.target_class)
+            if record is not None:
+                records[run.name] = record
+    missing = [run.name for run in runs if run.name not in records]
+    if missing:
+        log.info("table 1 waits for %d run(s) of other jobs (%s); run the same command again once they finish", len(missing), ", ".join(missing[:5]))
+        return None
     summary = summarize_table1(runs, records, configs)
     runs_root = Path(runs_root)
     runs_root.mkdir(parents=True, exist_ok=True)

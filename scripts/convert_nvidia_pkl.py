@@ -9,34 +9,34 @@ it with ``stylegan2.load_generator``.
 """
 
 import argparse
-import sys
 import warnings
+from pathlib import Path
 
-from stylegan2.checkpoint import CheckpointError
+from ipl import cli
 from stylegan2.nvidia import convert_nvidia_pickle
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("input", help="NVIDIA network pickle (.pkl)")
     parser.add_argument("output", help="checkpoint to write (.pt)")
     parser.add_argument("--network", default="G_ema", help="entry of the pickle to convert (default: G_ema)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args()
+    cli.check_output_file(parser, args.output, "output")
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        parser.error("the output would overwrite the input pickle; give another file name (e.g. ffhq.pt)")
+    if not args.network.strip():
+        parser.error("--network must name an entry of the pickle (G_ema, G)")
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            _, latent_avg, meta = convert_nvidia_pickle(args.input, args.output, network=args.network)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        _, latent_avg, meta = convert_nvidia_pickle(args.input, args.output, network=args.network)
     res = meta["resolution"]
     print(
         f"wrote {args.output}: {res}x{res} generator, channel multiplier {meta['channel_multiplier']}, "
         f"latent_avg {'present' if latent_avg is not None else 'absent'}, source sha256 {meta['source_sha256']}"
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -9,6 +9,10 @@ autoencoder on held-out real images (--images, default the run's
 data.test_images): source = the source model's reconstruction, adapted =
 the fine-tuned model's render of the same inverted latents.
 
+Several GPUs: torchrun --nproc_per_node N scripts/evaluate.py ... (the
+batches of seeds or images are shared out; metrics.json is the same as one
+process's and records world_size).
+
 Writes OUT/metrics.json and OUT/metrics.md (a row in the layout of the
 paper's Table 1). Metric weights are looked up as docs/EVALUATION.md says;
 only the networks of the requested metrics are loaded.
@@ -17,7 +21,7 @@ only the networks of the requested metrics are loaded.
 import argparse
 from pathlib import Path
 
-from ipl import cli
+from ipl import cli, distributed
 from ipl.evaluation import (
     METRICS,
     EvalSettings,
@@ -30,7 +34,6 @@ from ipl.evaluation import (
     required_networks,
     write_record,
 )
-from ipl.runtime import choose_device
 from ipl.sampling import RECORDED_SOURCE
 
 
@@ -44,17 +47,17 @@ def parse_args():
     )
     p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} (default: all; sifid only with --refs)")
     p.add_argument("--refs", help="folder of SIFID reference images of the target domain (R1, R2, R3 in file-name order)")
-    p.add_argument("--num-images", "--n", dest="n", type=int, default=1000, help="images per model (default 1000)")
+    p.add_argument("--num-images", "--n", dest="n", type=cli.int_at_least(2), default=1000, help="images per model (default 1000)")
     p.add_argument("--images", help="Diff-IPL runs: folder of held-out images to score (default: the run's data.test_images)")
-    p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--batch", type=int, default=4, help="images per batch; lower it if GPU memory runs out (default 4)")
-    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi of source and adapted images (default 0.7)")
+    p.add_argument("--seed-start", type=cli.int_at_least(0), default=0, help="first seed (default 0)")
+    p.add_argument("--batch", type=cli.int_at_least(1), default=4, help="images per batch; lower it if GPU memory runs out (default 4)")
+    p.add_argument("--truncation", type=cli.float_in(0, 1, low_open=True), default=0.7, help="truncation psi of source and adapted images (default 0.7)")
     p.add_argument("--target-text", help="CLIP-score text (default: the adapted file's meta.target_class)")
     p.add_argument("--id-net", choices=["arcface", "clip"], default="arcface", help="ID features: ArcFace (faces) or CLIP (e.g. dogs)")
     p.add_argument("--clip-model", default="ViT-B/32")
     p.add_argument("--clip-dtype", choices=["auto", "float32", "float16"], default="auto")
-    p.add_argument("--is-splits", type=int, default=10)
-    p.add_argument("--sifid-size", type=int, help="resize generated and reference images to this square size for SIFID")
+    p.add_argument("--is-splits", type=cli.int_at_least(1), default=10)
+    p.add_argument("--sifid-size", type=cli.int_at_least(1), help="resize generated and reference images to this square size for SIFID")
     p.add_argument("--no-quantize", action="store_true", help="evaluate float images instead of 8-bit ones")
     p.add_argument("--weights-dir", help="folder of the metric weight files (default: $IPL_PRETRAINED_DIR or pretrained/)")
     p.add_argument("--download", action="store_true", help="download metric weights that have a direct URL")
@@ -85,7 +88,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    device = choose_device(args.device)
+    # Under torchrun every rank renders and scores its share of the batches
+    # on its own device; rank 0 reduces them and writes the record.
+    world, device = distributed.init(args.device)
     references = load_references(args.refs) if "sifid" in args.metrics else None
     # Weights first: a missing file stops the run before any image is rendered.
     networks = load_metric_networks(
@@ -105,11 +110,14 @@ def main():
         references=references,
         target_text=args.target_text,
         images=args.images,
+        world=world,
         progress=not args.no_progress,
     )
-    path = write_record(record, args.out or Path(args.adapted).parent)
-    print(record_markdown(record))
-    print(f"written: {path} and {path.with_suffix('.md')}")
+    if world.is_main:
+        path = write_record(record, args.out or Path(args.adapted).parent)
+        print(record_markdown(record))
+        print(f"written: {path} and {path.with_suffix('.md')}")
+    distributed.close(world)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,16 @@ def parse_args():
         "(the one named in the adapted checkpoint's run config)",
     )
     p.add_argument("--seeds", default="0-7", help="e.g. 0-99 or 1,5,9 (default 0-7)")
-    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (default 0.7, as the training samples)")
+    p.add_argument("--truncation", type=cli.float_in(0, 1, low_open=True, why=" (1 = no truncation)"), default=0.7,
+                   help="truncation psi in (0, 1] (default 0.7, as the training samples)")
     p.add_argument("--alpha", type=float, default=1.0, help="blend weights: (1-A) source + A adapted, A in [0, 1] (default 1)")
     p.add_argument("--interpolate", choices=["alpha", "seeds"], help="also write a strip over alpha 0..1 or between consecutive seeds (in W)")
-    p.add_argument("--steps", type=int, default=8, help="images per interpolation row (default 8)")
+    p.add_argument("--steps", type=cli.int_at_least(2), help="images per interpolation row (default 8)")
     p.add_argument("--gif", action="store_true", help="write the interpolation as a GIF too")
-    p.add_argument("--grid", type=int, default=8, help="seeds shown in grid.png and in the interpolation (default 8)")
+    p.add_argument("--grid", type=cli.int_at_least(0), default=8, help="seeds shown in grid.png and in the interpolation (default 8)")
     p.add_argument("--outdir", required=True)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch", type=int, default=8, help="images rendered at a time (default 8)")
+    p.add_argument("--batch", type=cli.int_at_least(1), default=8, help="images rendered at a time (default 8)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     if not 0.0 <= args.alpha <= 1.0:
@@ -41,8 +42,11 @@ def parse_args():
         p.error("--alpha blends the source and adapted weights: give the source with --source NAME|PATH|recorded")
     if args.interpolate == "alpha" and not args.source:
         p.error("--interpolate alpha goes from the source to the adapted weights: give --source")
-    if args.batch < 1 or args.steps < 2 or args.grid < 0:
-        p.error("--batch must be >= 1, --steps >= 2 and --grid >= 0")
+    if args.steps is not None and not args.interpolate:
+        p.error("--steps sets the images of an interpolation row: give --interpolate alpha|seeds too")
+    args.steps = args.steps or 8
+    if args.gif and not args.interpolate:
+        p.error("--gif writes the interpolation as a GIF: give --interpolate alpha|seeds too")
     if args.interpolate and args.grid < (2 if args.interpolate == "seeds" else 1):
         p.error("--interpolate needs --grid >= 1 (alpha) or >= 2 (seeds): it uses the first --grid seeds")
     try:
@@ -51,6 +55,7 @@ def parse_args():
         p.error(f"--seeds: {e}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error("--seeds lists a seed twice (each seed names one file)")
+    cli.check_output_folder(p, args.outdir, "--outdir")
     return args
 
 

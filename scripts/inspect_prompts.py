@@ -16,7 +16,7 @@ from ipl import config as config_lib
 from ipl.backends.stylegan2 import build_source_generator
 from ipl.build import build_clip
 from ipl.inspect import decode_token, mean_pairwise_cosine, nearest_tokens, per_position_cosine
-from ipl.runtime import choose_device
+from ipl.runtime import CheckpointError, choose_device
 from ipl.sampling import parse_seeds, z_from_seeds
 from ipl.stages.stage1 import load_prompt_model
 
@@ -25,16 +25,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mapper", required=True, help="Stage-1 checkpoint (RUN/mapper.pt)")
     parser.add_argument("--seeds", default="0-7", help="latent seeds, e.g. 0-7 or 1,5,9")
-    parser.add_argument("--topk", type=int, default=3, help="neighbours per prompt vector")
+    parser.add_argument("--topk", type=cli.int_at_least(1), default=3, help="neighbours per prompt vector")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        parser.error(f"--seeds: {e}")
 
     device = choose_device(args.device)
     model, ckpt = load_prompt_model(args.mapper, device)
     config = config_lib.from_dict(ckpt["config"])
+    if config.generator.kind != "stylegan2":
+        raise CheckpointError(
+            f"{args.mapper} is the Stage-1 checkpoint of a {config.generator.kind} run, whose codes come from real "
+            "images, not seeds; this script inspects StyleGAN2 runs"
+        )
     generator, _ = build_source_generator(config.generator, device)
     clip_model = build_clip(config.clip, device)
-    seeds = parse_seeds(args.seeds)
+    vocabulary = clip_model.model.token_embedding.weight.shape[0]
+    if args.topk > vocabulary:
+        parser.error(f"--topk {args.topk} exceeds the CLIP vocabulary ({vocabulary} tokens)")
     with torch.no_grad():
         w = generator.style(z_from_seeds(seeds, generator.style_dim).to(device))
         ctx = model(w)  # (B, m, k)

@@ -8,7 +8,7 @@ Writes RUN/generator.pt (EMA generator, reference-port format), RUN/stage2.pt
 """
 
 from ipl import cli
-from ipl.pipeline import Session
+from ipl.pipeline import STAGE1_SCHEMES, Session, finished_mapper
 
 
 def main():
@@ -16,7 +16,12 @@ def main():
     parser.add_argument("--mapper", help="Stage-1 checkpoint (default: RUN/mapper.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/stage2.pt")
     args = parser.parse_args()
-    session = Session(cli.load(args), progress=not args.no_progress)
+    config = cli.load(args)
+    if config.prompt.scheme in STAGE1_SCHEMES:
+        finished_mapper(config, args.mapper)  # before the source model is loaded
+    elif args.mapper:
+        parser.error(f"--mapper: prompt.scheme={config.prompt.scheme} learns no prompts and reads no Stage-1 checkpoint; leave --mapper out")
+    session = Session(config, progress=not args.no_progress)
     path = session.stage2(args.mapper, resume=args.resume)
     print(f"adapted generator: {path}")
 

@@ -18,6 +18,9 @@ beside the grids.
 import argparse
 
 from ipl import cli
+from ipl.config import ConfigError
+from ipl.images import UnreadableImageError, check_image, expand_image_paths
+from ipl.inversion.projection import mean_squared_error
 from ipl.inversion.translate import INVERSIONS, build_translator, translate_photos
 from ipl.runtime import choose_device
 from ipl.sampling import RECORDED_SOURCE
@@ -26,7 +29,7 @@ from ipl.sampling import RECORDED_SOURCE
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="adapted model (RUN/generator.pt, or RUN/autoencoder.pt of a Diff-IPL run)")
-    p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="photos to translate")
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="photos to translate (a folder stands for its images)")
     p.add_argument("--outdir", required=True)
     p.add_argument("--invert", choices=INVERSIONS, help="how photos become codes (default: restyle for StyleGAN2, diffae for a Diff-IPL run)")
     p.add_argument("--aligned", action="store_true", help="the photos are FFHQ-aligned already (no landmark detection)")
@@ -38,19 +41,37 @@ def parse_args():
         help=f"source generator: pretrained name (ffhq, ...), checkpoint path, or '{RECORDED_SOURCE}' (default: "
         "the one named in the adapted checkpoint's run config)",
     )
-    p.add_argument("--iterations", type=int, help="ReStyle iterations (default 5)")
-    p.add_argument("--steps", type=int, default=1000, help="projection steps (default 1000, as NVIDIA)")
+    p.add_argument("--iterations", type=cli.int_at_least(1), help="ReStyle iterations (default 5)")
+    p.add_argument("--steps", type=cli.int_at_least(1), help="projection steps (default 1000, as NVIDIA)")
     p.add_argument("--space", choices=["w", "w+"], help="projection space (default w, or w+ from an encoder's code)")
-    p.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
+    p.add_argument("--seed", type=cli.int_at_least(0), help="projection seed (default 0)")
+    p.add_argument("--distance", choices=["lpips", "mse"], help="projection distance: LPIPS-VGG16 (NVIDIA's, the default) or pixel MSE (needs no weight file)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     if not 0.0 <= args.alpha <= 1.0:
         p.error(f"--alpha must be in [0, 1] (0 = source, 1 = adapted), got {args.alpha}")
-    if args.steps < 1 or (args.iterations is not None and args.iterations < 1):
-        p.error("--steps and --iterations must be at least 1")
-    if args.iterations is not None and args.invert == "e4e":
-        p.error("--iterations is for ReStyle; e4e encodes in one pass")
+    if args.iterations is not None and args.invert in ("e4e", "diffae"):
+        p.error(f"--iterations is for ReStyle; {args.invert} encodes in one pass")
+    for flag, value in (("--steps", args.steps), ("--space", args.space), ("--seed", args.seed), ("--distance", args.distance)):
+        if value is not None and args.invert != "project":
+            p.error(f"{flag} is a setting of the projection: give --invert project too")
+    args.steps = 1000 if args.steps is None else args.steps
+    args.seed = 0 if args.seed is None else args.seed
+    try:
+        args.images = expand_image_paths(args.images)
+    except ConfigError as e:  # a folder without images
+        p.error(f"--images: {e}")
+    readable = []
+    for path in args.images:
+        try:
+            readable.append(check_image(path))
+        except UnreadableImageError:
+            pass  # reported and skipped with the others, after the models are loaded
+    if not readable:
+        shown = ", ".join(map(str, args.images[:3])) + (", ..." if len(args.images) > 3 else "")
+        p.error(f"--images: none of the {len(args.images)} path(s) is a readable image ({shown}); a pattern that matched nothing?")
+    cli.check_output_folder(p, args.outdir, "--outdir")
     return args
 
 
@@ -66,6 +87,7 @@ def main():
         space=args.space,
         steps=args.steps,
         seed=args.seed,
+        distance=mean_squared_error if args.distance == "mse" else None,
         device=choose_device(args.device),
         progress=not args.no_progress,
     )
@@ -73,6 +95,8 @@ def main():
     print(f"{len(summary.done)} photo(s) translated into {args.outdir}" + (f"; grid: {summary.grid}" if summary.grid else ""))
     for item in summary.skipped:
         print(f"skipped: {item['reason']}")
+    if not summary.done:
+        raise cli.InputError(f"no photo was translated ({len(summary.skipped)} skipped, reasons above and in {args.outdir}/translate.json)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .model import Generator, reference_channels
-from .utils import atomic_save
+from .utils import atomic_save, check_plain, refused_global, torch_file_problem, unwrap_module
 
 CHECKPOINT_FORMAT = 1
 RESERVED_KEYS = ("format", "generator", "g_ema", "latent_avg", "meta")
@@ -45,37 +45,6 @@ class CheckpointError(Exception):
 
 # ----------------------------------------------------------------------------
 # Saving
-
-
-def _unwrap(module):
-    """The bare module inside DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        elif isinstance(module, torch.nn.parallel.DistributedDataParallel):
-            module = module.module
-        else:
-            return module
-
-
-def _check_plain(value, where):
-    """Raise ``TypeError`` unless ``value`` loads under ``weights_only=True``."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                raise TypeError(f"save_generator: {where} has a key of type {type(key).__name__}; use str or int keys")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    raise TypeError(
-        f"save_generator: {where} is a {type(value).__name__}, which is not plain data; "
-        "store dicts, lists, numbers, strings and tensors only (e.g. dataclasses.asdict(config))"
-    )
 
 
 def save_generator(path, generator, latent_avg=None, meta=None, **extra):
@@ -98,7 +67,7 @@ def save_generator(path, generator, latent_avg=None, meta=None, **extra):
     Returns:
         The path written, as a :class:`pathlib.Path`.
     """
-    generator = _unwrap(generator)
+    generator = unwrap_module(generator)
     if not isinstance(generator, Generator):
         raise TypeError(f"save_generator: expected a stylegan2 Generator, got {type(generator).__name__}")
     clash = sorted(set(extra) & set(RESERVED_KEYS))
@@ -107,9 +76,9 @@ def save_generator(path, generator, latent_avg=None, meta=None, **extra):
     if latent_avg is not None:
         latent_avg = latent_avg.detach().to("cpu", torch.float32)
     meta = dict(meta or {})
-    _check_plain(meta, "meta")
+    check_plain(meta, "meta", "save_generator")
     for key, value in extra.items():
-        _check_plain(value, key)
+        check_plain(value, key, "save_generator")
 
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -148,58 +117,83 @@ def _pickle_globals(path, limit=64):
     return names
 
 
-def _needs_code_error(path, global_name):
+def article(noun):
+    """``"an"`` before a vowel, else ``"a"`` (for messages that name a kind of file)."""
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
+def _needs_code_error(path, global_name, what, remedy):
     nvidia = global_name.startswith(("torch_utils.", "dnnlib."))
-    what = "an NVIDIA network pickle (stylegan2-ada-pytorch)" if nvidia else "a pickle of Python objects"
+    kind = "an NVIDIA network pickle (stylegan2-ada-pytorch)" if nvidia else "a pickle of Python objects"
+    fix = f"Convert NVIDIA pickles safely with: {CONVERT_COMMAND}" if nvidia else remedy
     return CheckpointError(
-        f"{path}: this is {what}; loading it would need to run code from the file "
-        f"(it references {global_name}), which this loader never does. "
-        f"Convert NVIDIA pickles safely with: {CONVERT_COMMAND}"
+        f"{path} is not {article(what)} {what}: it is {kind}, and loading it would need to run code from the file "
+        f"(it references {global_name}), which this loader never does. {fix}"
     )
 
 
-def read_checkpoint(path):
+GENERATOR_REMEDY = (
+    "An adapted generator is RUN/generator.pt (written by scripts/train_generator.py or scripts/adapt.py); "
+    "a pretrained one is fetched with python scripts/download_pretrained.py NAME; "
+    f"an NVIDIA pickle converts safely with: {CONVERT_COMMAND}"
+)
+
+
+def require_file(path, what="checkpoint", remedy=""):
+    """``path`` as a :class:`~pathlib.Path` if it is a non-empty file, else a :class:`CheckpointError`.
+
+    Args:
+        path: The file given by the user.
+        what: What the file should be, for the message ("Stage-1 checkpoint").
+        remedy: The sentence that says how to make or fetch the right file.
+    """
+    path = Path(path)
+    fix = f". {remedy}" if remedy else ""
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not {article(what)} {what} file{fix}")
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}{fix}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted download or copy?), not {article(what)} {what}{fix}")
+    return path
+
+
+def read_checkpoint(path, what="generator checkpoint", remedy=GENERATOR_REMEDY):
     """``torch.load`` a checkpoint with ``weights_only=True`` and clear errors.
 
     ``argparse.Namespace`` (the ``args`` entry of the reference port's
     training checkpoints) is allowed: it is a plain attribute bag.
 
+    Args:
+        path: The file.
+        what: What the file should be, for the messages.
+        remedy: How to make or fetch the right file, for the messages.
+
     Raises:
         CheckpointError: missing, empty, truncated or corrupt file, or a
-            pickle that would need code execution.
+            pickle that would need code execution. The message names the
+            file, what is wrong and ``remedy``; it never passes on torch's
+            advice to load with ``weights_only=False``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty (an interrupted download or copy?); fetch it again")
+    path = require_file(path, what, remedy)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             # torch notes the protocol of plain pickles before refusing them; the error below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if match:
-            raise _needs_code_error(path, match.group(1)) from None
+        refused = refused_global(e)
+        if refused:
+            raise _needs_code_error(path, refused, what, remedy) from None
         if not zipfile.is_zipfile(path):
             # A plain pickle: torch's safe loader stops at the first opcode it
             # does not know, so find the global that makes it unsafe ourselves.
             unsafe = [g for g in _pickle_globals(path) if not g.startswith(("torch.", "collections.OrderedDict"))]
             if unsafe:
-                raise _needs_code_error(path, unsafe[0]) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)}); the file may be corrupt") from None
-    except Exception as e:
-        if zipfile.is_zipfile(path) or path.read_bytes()[:2] == b"PK":
-            hint = "the file is truncated or corrupt (an interrupted download or copy?)"
-        else:
-            hint = "the file is corrupt or not a PyTorch checkpoint"
-        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {_first_line(e)}); {hint}") from None
-
-
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else "no details"
+                raise _needs_code_error(path, unsafe[0], what, remedy) from None
+        raise CheckpointError(f"{path} is not a readable {what} ({torch_file_problem(path, e)}). {remedy}") from None
+    except Exception as e:  # the loader raises many types for damaged files
+        raise CheckpointError(f"{path} is not a readable {what} ({torch_file_problem(path, e)}). {remedy}") from None
 
 
 # ----------------------------------------------------------------------------
@@ -213,7 +207,7 @@ def _is_tensor_dict(value):
 def _generator_state(checkpoint, path):
     """The generator state dict of a loaded checkpoint, and the key it was under."""
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, found a {type(checkpoint).__name__}")
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found a {type(checkpoint).__name__}. {GENERATOR_REMEDY}")
     for key in ("g_ema", "g"):
         if key in checkpoint:
             state = checkpoint[key]
@@ -238,7 +232,7 @@ def _generator_state(checkpoint, path):
                 f"{path}: is a discriminator state dict (it has 'final_conv' / 'final_linear'), not a generator's"
             )
         return checkpoint, None  # a bare generator state dict
-    raise CheckpointError(f"{path}: no generator weights found ('g_ema' missing); top-level keys: {keys}")
+    raise CheckpointError(f"{path}: no generator weights found ('g_ema' missing; top-level keys: {keys}). {GENERATOR_REMEDY}")
 
 
 # ----------------------------------------------------------------------------
@@ -387,6 +381,8 @@ def _resolve(path_or_name, download, pretrained_dir, base_url, progress):
     path = Path(path_or_name)
     if path.is_file():
         return path, None
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a generator checkpoint file. {GENERATOR_REMEDY}")
     from . import pretrained  # late: pretrained imports this module
 
     name = str(path_or_name)

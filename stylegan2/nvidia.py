@@ -61,6 +61,7 @@ import math
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +69,13 @@ import torch
 
 from .checkpoint import CheckpointError, build_generator, infer_generator_config, save_generator
 from .model import Generator, make_kernel
-from .utils import sha256_file
+from .utils import load_error_summary, sha256_file
 
 SOURCE_NAME = "stylegan2-ada-pytorch"
+PICKLE_REMEDY = (
+    "Download the pickle again: python scripts/download_pretrained.py NAME for the registry models "
+    "(ffhq, afhqdog, ...), else from the page that publishes it"
+)
 _STYLE_DIM = 512
 
 
@@ -151,7 +156,7 @@ def _storage_from_bytes(data):
             warnings.simplefilter("ignore", UserWarning)  # TypedStorage deprecation notice
             storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise NvidiaPickleError(f"a tensor storage in the pickle was refused or unreadable ({type(e).__name__}: {str(e)[:300]})") from None
+        raise NvidiaPickleError(f"a tensor storage in the pickle was refused or unreadable ({load_error_summary(e)})") from None
     if not isinstance(storage, torch.storage.TypedStorage):
         raise NvidiaPickleError(f"a tensor storage record decoded to {type(storage).__name__}, expected a storage")
     return storage
@@ -309,16 +314,26 @@ def load_nvidia_pickle(path):
         NvidiaPickleError: the file is missing, truncated or malformed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise NvidiaPickleError(f"{path} is a folder, not an NVIDIA network pickle (.pkl). {PICKLE_REMEDY}")
     if not path.is_file():
-        raise NvidiaPickleError(f"pickle not found: {path}")
+        raise NvidiaPickleError(f"pickle not found: {path}. {PICKLE_REMEDY}")
+    if path.stat().st_size == 0:
+        raise NvidiaPickleError(f"{path}: the file is empty (an interrupted download or copy?). {PICKLE_REMEDY}")
+    if zipfile.is_zipfile(path):
+        raise NvidiaPickleError(
+            f"{path} is a zip archive (e.g. a torch checkpoint), not an NVIDIA network pickle: a generator "
+            "checkpoint needs no conversion (pass it as generator.checkpoint or --source), and NVIDIA's "
+            f"networks are plain .pkl pickles. {PICKLE_REMEDY}"
+        )
     try:
         with open(path, "rb") as f:
             data = SafeUnpickler(f).load()
     except NvidiaPickleError:
         raise
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
         raise NvidiaPickleError(
-            f"{path}: not a readable pickle ({type(e).__name__}: {str(e)[:200]}); the file is truncated or corrupt"
+            f"{path}: not a readable pickle ({load_error_summary(e)}); the file is truncated or corrupt. {PICKLE_REMEDY}"
         ) from None
     return _finish(data)
 

@@ -27,3 +27,14 @@ def shared():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def isolated_weights(tmp_path, monkeypatch):
+    """No weights directory, environment variable or torch.hub cache from the machine."""
+    from ipl.metrics.weights import WEIGHTS
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("IPL_PRETRAINED_DIR", str(tmp_path / "weights"))
+    for entry in WEIGHTS.values():
+        monkeypatch.delenv(entry.env_var, raising=False)

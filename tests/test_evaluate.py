@@ -427,6 +427,23 @@ def test_reproduction_runs_end_to_end_and_resumes_without_redoing_work(tmp_path,
     again = T.run_table1(runs, device=torch.device("cpu"), load_networks=no_work, runs_root=root, progress=False, adapt=no_work)
     assert again["tiny"]["ipl_lambda"] == best and again["tiny"]["nada"] == json.loads(json.dumps(row["nada"]))
 
+    # Two independent jobs (--shard 0/2, 1/2) split the runs; the job that finds every run done writes the tables.
+    from ipl.distributed import parse_shard
+
+    (runs[1].run_dir / "metrics.json").unlink()
+    (root / "table1.md").unlink()
+    evaluated = []
+
+    def counting_networks(names):
+        evaluated.append(names)
+        return networks
+
+    first = T.run_table1(runs, device=torch.device("cpu"), load_networks=counting_networks, runs_root=root, progress=False, adapt=no_work, world=parse_shard("0/2"))
+    assert first is None and not (root / "table1.md").exists() and evaluated == []  # run 1 is job 1's
+    second = T.run_table1(runs, device=torch.device("cpu"), load_networks=counting_networks, runs_root=root, progress=False, adapt=no_work, world=parse_shard("1/2"))
+    assert len(evaluated) == 1 and (runs[1].run_dir / "metrics.json").exists()
+    assert second["tiny"]["ipl_lambda"] == best and (root / "table1.md").exists()
+
     # Other evaluation settings: evaluated again, never retrained.
     runs_n = T.plan_table1([str(REPO / "configs" / "tiny.yaml")], E.EvalSettings(**{**SMALL, "n": 13}, metrics=("is",)), runs_root=root, overrides=overrides)
     T.run_table1(runs_n, device=torch.device("cpu"), load_networks=lambda names: networks, runs_root=root, progress=False, adapt=no_work)

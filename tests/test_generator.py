@@ -26,6 +26,8 @@ from stylegan2.ops import upfirdn2d
 
 from helpers import golden_fill
 
+from stylegan2.golden import GOLDEN_ATOL, GOLDEN_CALLS, GOLDEN_LATENTS, GOLDEN_RTOL, golden_generator
+
 MANIFESTS = ["generator_keys_1024_cm2.json", "generator_keys_512_cm2.json", "generator_keys_256_cm2.json", "generator_keys_256_cm1.json"]
 # Every distinct computation; "auto" only resolves to one of the two
 # formulations, so it is checked with the default resample and epilogue.
@@ -68,25 +70,14 @@ def test_state_dict_keys_shapes_and_kinds_match_the_reference(shared, manifest):
 @pytest.fixture(scope="module")
 def golden(shared):
     data = torch.load(shared / "fixtures" / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
-    g = Generator(data["size"], 512, 8, channel_multiplier=data["channel_multiplier"]).eval()
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            p.copy_(golden_fill(name, p.shape))
-    return g, data
+    return golden_generator(data["size"], data["channel_multiplier"]), data
 
 
-GOLDEN_CALLS = {
-    "out_z": lambda d: dict(styles=[d["z"]]),
-    "out_w": lambda d: dict(styles=[d["w"]], input_is_latent=True),
-    "out_mix_inject3": lambda d: dict(styles=[d["z"], d["z2"]], inject_index=3),
-    "out_trunc07": lambda d: dict(styles=[d["z"]], truncation=0.7, truncation_latent=d["truncation_mean_w"]),
-    "out_wplus": lambda d: dict(styles=[d["wplus"]], input_is_latent=True),
-}
-LATENTS = {"out_z": "latent_z", "out_mix_inject3": "latent_mix_inject3"}
+LATENTS = GOLDEN_LATENTS
 
 
 def assert_golden(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(actual, expected, rtol=GOLDEN_RTOL, atol=GOLDEN_ATOL)
 
 
 def test_fill_rule_reproduces_the_fixture_inputs(golden):

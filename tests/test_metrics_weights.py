@@ -9,13 +9,7 @@ from ipl.metrics import WEIGHTS, MissingWeightsError, WeightFile, download_weigh
 from ipl.metrics.weights import load_state_dict_file, load_strict
 
 
-@pytest.fixture(autouse=True)
-def _isolated_lookup(tmp_path, monkeypatch):
-    """No weights directory, environment variable or torch.hub cache from the machine."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("IPL_PRETRAINED_DIR", str(tmp_path / "weights"))
-    for entry in WEIGHTS.values():
-        monkeypatch.delenv(entry.env_var, raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_weights")  # no weight file of this machine is seen
 
 
 def test_every_network_file_is_registered_with_a_source_and_a_loader():

@@ -7,6 +7,13 @@ from stylegan2.checkpoint import CheckpointError
 KINDS = ("stylegan2", "diffae")
 
 
+# How to make the right file, for the messages about a wrong --ckpt / --adapted.
+ADAPTED_REMEDY = (
+    "An adapted model is a finished run's RUN/generator.pt (StyleGAN2) or RUN/autoencoder.pt (Diff-IPL), "
+    "written by python scripts/adapt.py --config CONFIG (or scripts/train_generator.py)"
+)
+
+
 def checkpoint_kind(path):
     """``"stylegan2"`` or ``"diffae"``: the model family of an adapted checkpoint.
 
@@ -15,16 +22,23 @@ def checkpoint_kind(path):
     with ``ema_model.*`` tensors (a diffusion autoencoder).
 
     Raises:
-        CheckpointError: unreadable, or neither layout.
+        CheckpointError: missing or unreadable, or another kind of file (a
+            Stage-1 checkpoint, ...); the message names what the file is.
     """
-    from stylegan2.checkpoint import read_checkpoint
+    from stylegan2.checkpoint import read_checkpoint, require_file
 
+    from ..runtime import describe_contents
+
+    what = "adapted model checkpoint"
+    path = require_file(path, what, ADAPTED_REMEDY)
     try:
         # Memory-mapped: only the keys are looked at, not the tensors.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
-        checkpoint = read_checkpoint(path)  # its errors say what is wrong with the file
+        checkpoint = read_checkpoint(path, what, ADAPTED_REMEDY)  # its errors say what is wrong with the file
     if isinstance(checkpoint, dict):
+        if "mapper" in checkpoint and "prompt" in checkpoint:
+            raise CheckpointError(f"{path} is {describe_contents(checkpoint)}, the learned prompts, not an adapted model. {ADAPTED_REMEDY}")
         config = checkpoint.get("config")
         kind = config.get("generator", {}).get("kind") if isinstance(config, dict) and isinstance(config.get("generator"), dict) else None
         if isinstance(kind, str):
@@ -34,5 +48,4 @@ def checkpoint_kind(path):
         state = checkpoint.get("state_dict")
         if isinstance(state, dict) and any(str(k).startswith("ema_model.") for k in state):
             return "diffae"
-    keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-    raise CheckpointError(f"{path}: not an adapted generator checkpoint (top level: {keys})")
+    raise CheckpointError(f"{path} is {describe_contents(checkpoint)}, not an adapted model checkpoint. {ADAPTED_REMEDY}")

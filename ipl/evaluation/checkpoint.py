@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..backends import checkpoint_kind
+from ..distributed import SINGLE
 from ..sampling import RECORDED_SOURCE, load_adapted, load_source, truncation_centre
 from .settings import PAIRED_METRICS, EvaluationError
 from .stream import check_request, edited_image_pairs, evaluate_generators, evaluate_stream
@@ -18,7 +19,7 @@ from .stream import check_request, edited_image_pairs, evaluate_generators, eval
 RECORD_FORMAT = 1  # of metrics.json
 
 
-def evaluate_checkpoint(adapted_path, networks, settings, *, device, source=RECORDED_SOURCE, references=None, target_text=None, images=None, progress=True):
+def evaluate_checkpoint(adapted_path, networks, settings, *, device, source=RECORDED_SOURCE, references=None, target_text=None, images=None, world=SINGLE, progress=True):
     """Evaluate an adapted model file; returns the record written as ``metrics.json``.
 
     Args:
@@ -34,11 +35,13 @@ def evaluate_checkpoint(adapted_path, networks, settings, *, device, source=RECO
         target_text: CLIP-score text; default: the file's ``meta.target_class``.
         images: Diff-IPL only: the folder of held-out images (default: the
             run config's ``data.test_images``).
+        world: Ranks sharing the images (:mod:`ipl.distributed`); the record
+            is the same as one process's, returned on rank 0 (None elsewhere).
     """
     if checkpoint_kind(adapted_path) == "diffae":
         return evaluate_diffae_checkpoint(
             adapted_path, networks, settings, device=device, source=source, references=references,
-            target_text=target_text, images=images, progress=progress,
+            target_text=target_text, images=images, world=world, progress=progress,
         )  # fmt: skip
     if images is not None:
         raise EvaluationError(f"{adapted_path} is a StyleGAN2 generator: it is evaluated on seeded images, not on --images")
@@ -63,9 +66,12 @@ def evaluate_checkpoint(adapted_path, networks, settings, *, device, source=RECO
         truncation_latent=centre.to(device),
         references=list(references.values()),
         target_text=target_text,
+        world=world,
         progress=progress,
         desc=f"evaluate {label}",
     )
+    if metrics is None:
+        return None
     return {
         "format": RECORD_FORMAT,
         "label": label,
@@ -76,12 +82,13 @@ def evaluate_checkpoint(adapted_path, networks, settings, *, device, source=RECO
         "truncation_centre": centre_from,
         "seeds": [settings.seed_start, settings.seed_start + settings.n - 1],
         "settings": settings.to_dict(),
+        "world_size": world.size,
         "metrics": metrics,
         "seconds": round(time.time() - start, 1),
     }
 
 
-def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, source=RECORDED_SOURCE, references=None, target_text=None, images=None, progress=True):
+def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, source=RECORDED_SOURCE, references=None, target_text=None, images=None, world=SINGLE, progress=True):
     """:func:`evaluate_checkpoint` of a Diff-IPL run: held-out real images, reconstructed and edited."""
     from stylegan2.utils import sha256_file
 
@@ -109,11 +116,14 @@ def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, sour
     references = dict(references or {})
     check_request(networks, settings, paired=True, references=list(references.values()), target_text=target_text)
     label = f"{run.prompt.source_class} → {run.prompt.target_class}"
-    pairs = edited_image_pairs(editor, files, batch=settings.batch, paired=paired, quantize=settings.quantize)
+    pairs = edited_image_pairs(editor, files, batch=settings.batch, paired=paired, quantize=settings.quantize, world=world)
     metrics = evaluate_stream(
-        pairs, networks, settings, total=math.ceil(len(files) / settings.batch), references=list(references.values()),
-        target_text=target_text, progress=progress, desc=f"evaluate {label}",
+        pairs, networks, settings, n_batches=math.ceil(len(files) / settings.batch), world=world,
+        references=list(references.values()), target_text=target_text, progress=progress and world.is_main,
+        desc=f"evaluate {label}",
     )  # fmt: skip
+    if metrics is None:
+        return None
     return {
         "format": RECORD_FORMAT,
         "kind": "diffae",
@@ -125,6 +135,7 @@ def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, sour
         "images": {"folder": str(Path(folder)), "count": len(files), "first": files[0].name, "last": files[-1].name},
         "ddim": {"t_0": editor.t_0, "n_inv_step": editor.n_inv_step, "n_test_step": editor.n_test_step, "eta": editor.eta},
         "settings": settings.to_dict(),
+        "world_size": world.size,
         "metrics": metrics,
         "seconds": round(time.time() - start, 1),
     }

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 
+from ..distributed import SINGLE, gather_items
 from ..images import IMAGE_SUFFIXES
 from ..sampling import render, to_uint8, z_from_seeds
 from .settings import PAIRED_METRICS, EvaluationError, required_networks
@@ -33,22 +34,33 @@ def quantize_images(images):
     return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def image_pairs(adapted, seeds, *, source=None, batch=8, truncation=1.0, truncation_latent=None, quantize=True):
+def batches(n, batch, world=SINGLE):
+    """The ``(start, stop)`` index ranges of the batches of ``n`` items that ``world``'s rank owns.
+
+    Batches are cut the same way for any number of ranks and dealt out
+    round-robin, so every batch is computed exactly as by one process.
+    """
+    ranges = [(start, min(start + batch, n)) for start in range(0, n, batch)]
+    return [ranges[i] for i in world.items(len(ranges))]
+
+
+def image_pairs(adapted, seeds, *, source=None, batch=8, truncation=1.0, truncation_latent=None, quantize=True, world=SINGLE):
     """Yield ``(source_images or None, adapted_images)`` batches, rendered from the same seeds.
 
     Each image depends only on its seed (``ipl.sampling.render``); batches
-    are rendered on demand, so only one is alive at a time here.
+    are rendered on demand, so only one is alive at a time here. With
+    several ranks, only this rank's batches (:func:`batches`) are rendered.
     """
     seeds = list(seeds)
-    for start in range(0, len(seeds), batch):
-        z = z_from_seeds(seeds[start : start + batch], adapted.style_dim)
+    for lo, hi in batches(len(seeds), batch, world):
+        z = z_from_seeds(seeds[lo:hi], adapted.style_dim)
         images = [None if g is None else render(g, z, truncation, truncation_latent, chunk=batch) for g in (source, adapted)]
         if quantize:
             images = [None if x is None else quantize_images(x) for x in images]
         yield tuple(images)
 
 
-def edited_image_pairs(editor, files, *, batch=4, paired=True, quantize=True):
+def edited_image_pairs(editor, files, *, batch=4, paired=True, quantize=True, world=SINGLE):
     """Yield ``(reconstructions or None, edits)`` batches of a Diff-IPL run's images.
 
     Each image is encoded and inverted to x_{t_0} by the source model; the
@@ -58,8 +70,8 @@ def edited_image_pairs(editor, files, *, batch=4, paired=True, quantize=True):
     from ..images import image_tensor
 
     files = list(files)
-    for start in range(0, len(files), batch):
-        x0 = torch.cat([image_tensor(f, editor.resolution) for f in files[start : start + batch]])
+    for lo, hi in batches(len(files), batch, world):
+        x0 = torch.cat([image_tensor(f, editor.resolution) for f in files[lo:hi]])
         z_sem, x_t = editor.invert(x0)
         images = [editor.reconstruct(z_sem, x_t).cpu() if paired else None, editor.edit(z_sem, x_t).cpu()]
         if quantize:
@@ -75,9 +87,14 @@ def load_references(folder):
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
     if not files:
         raise EvaluationError(f"no reference images ({', '.join(REFERENCE_SUFFIXES)}) in {folder}")
+    from ..images import UnreadableImageError, load_photo
+
     out = {}
     for p in files:
-        array = np.asarray(Image.open(p).convert("RGB"))
+        try:
+            array = np.asarray(load_photo(p))
+        except UnreadableImageError as e:
+            raise EvaluationError(f"SIFID reference {e}; remove or replace it") from None
         out[p.name] = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
     return out
 
@@ -178,73 +195,102 @@ def check_request(networks, settings, *, paired, references=None, target_text=No
         raise EvaluationError("the CLIP score needs a target text (e.g. --target-text 'tolkien elf')")
 
 
-def metric_consumers(networks, settings, *, references=None, target_text=None):
-    """``{name: fn(stream of (source, adapted) batches) -> raw result}`` for the requested metrics."""
+def metric_consumers(networks, settings, *, references=None, lpips_images=False):
+    """``{name: fn(stream of (source, adapted) batches) -> one result per batch}`` for the requested metrics.
+
+    Every metric is reduced from per-image values (class probabilities,
+    SIFID to each reference, SCS, ID, unit CLIP features), so that the
+    batches may be computed by several ranks and reduced by one. Intra-cluster
+    LPIPS needs all images in order: computed in the stream for one process,
+    or, with ``lpips_images``, each batch's resized images are kept for
+    rank 0 to cluster.
+    """
     from .. import metrics as M
+
+    def per_batch(fn):
+        return lambda stream: [fn(source, adapted) for source, adapted in stream]
 
     wanted = settings.metrics
     consumers = {}
     if "is" in wanted:
-        consumers["is"] = lambda s: M.compute_inception_score(
-            networks.inception, _adapted_only(s), splits=settings.is_splits, image_size=settings.is_size
-        )
+        consumers["is"] = per_batch(lambda s, t: M.inception_probabilities(networks.inception, t, image_size=settings.is_size))
     if "sifid" in wanted:
-        consumers["sifid"] = lambda s: M.compute_sifid(
-            networks.sifid_stem, _adapted_only(s), list(references), image_size=settings.sifid_size
-        )
+        stats = M.reference_statistics(networks.sifid_stem, list(references), image_size=settings.sifid_size)
+        consumers["sifid"] = per_batch(lambda s, t: M.sifid_values(networks.sifid_stem, t, stats, image_size=settings.sifid_size))
     if "scs" in wanted:
-        consumers["scs"] = lambda s: M.compute_scs(networks.hed, *_unzip(s))
+        consumers["scs"] = per_batch(lambda s, t: M.scs_values(networks.hed, s, t))
     if "id" in wanted:
         if settings.id_net == "arcface":
-            consumers["id"] = lambda s: M.compute_id(networks.arcface, *_unzip(s))
+            consumers["id"] = per_batch(lambda s, t: M.id_values(networks.arcface, s, t))
         else:
-            consumers["id"] = lambda s: M.compute_id(_on_device(networks.clip), *_unzip(s), device="cpu")
+            consumers["id"] = per_batch(lambda s, t: M.id_values(_on_device(networks.clip), s, t, device="cpu"))
+    if "diversity" in wanted or "clip" in wanted:
+        consumers["clip_features"] = per_batch(lambda s, t: M.unit_features(_on_device(networks.clip), t))
     if "diversity" in wanted:
-        consumers["lpips"] = lambda s: M.compute_intra_cluster_lpips(
-            networks.lpips,
-            _adapted_only(s),
-            num_clusters=settings.lpips_clusters,
-            max_per_cluster=settings.lpips_per_cluster,
-            image_size=settings.lpips_size,
-        )
-        consumers["clip_diversity"] = lambda s: M.compute_clip_diversity(_on_device(networks.clip), _adapted_only(s))
-    if "clip" in wanted:
-        with torch.no_grad():
-            text = networks.clip.encode_text([target_text])[0]
-        consumers["clip_score"] = lambda s: M.compute_clip_score(_on_device(networks.clip), _adapted_only(s), text)
+        if lpips_images:
+            from ..metrics.images import module_device, prepare
+
+            device = module_device(networks.lpips)
+            consumers["lpips_images"] = per_batch(lambda s, t: prepare(t, device, settings.lpips_size, antialias=True).cpu())
+        else:
+            consumers["lpips"] = lambda stream: intra_cluster_lpips(networks, settings, _adapted_only(stream))
     return consumers
 
 
-def metrics_of(raw):
-    """The flat metrics dict of the consumers' raw results (NaN as None: it is not JSON)."""
+def intra_cluster_lpips(networks, settings, images, image_size="settings"):
+    from .. import metrics as M
+
+    return M.compute_intra_cluster_lpips(
+        networks.lpips,
+        images,
+        num_clusters=settings.lpips_clusters,
+        max_per_cluster=settings.lpips_per_cluster,
+        image_size=settings.lpips_size if image_size == "settings" else image_size,
+    )
+
+
+def metrics_of(raw, networks, settings, *, target_text=None):
+    """The flat metrics dict from every batch's results, in batch order (NaN as None: it is not JSON)."""
+    from .. import metrics as M
+
     out = {}
     if "is" in raw:
-        out["is"], out["is_std"] = raw["is"]
+        out["is"], out["is_std"] = M.inception_score(torch.cat(raw["is"]), splits=settings.is_splits)
     if "sifid" in raw:
-        out.update({f"sifid_R{i + 1}": float(v) for i, v in enumerate(raw["sifid"])})
-    if "scs" in raw:
-        out["scs"] = raw["scs"]
-    if "id" in raw:
-        out["id"] = raw["id"]
+        out.update({f"sifid_R{i + 1}": float(v) for i, v in enumerate(np.concatenate(raw["sifid"]).mean(axis=0))})
+    for name in ("scs", "id"):
+        if name in raw:
+            out[name] = torch.cat(raw[name]).mean().item()
+    if "lpips_images" in raw:  # several ranks: clustered here, over the batches in order
+        raw["lpips"] = intra_cluster_lpips(networks, settings, raw["lpips_images"], image_size=None)
     if "lpips" in raw:
         out["lpips_diversity"] = raw["lpips"].mean
         out["lpips_diversity_std"] = raw["lpips"].std
         out["lpips_cluster_sizes"] = list(raw["lpips"].cluster_sizes)
-        out["clip_diversity"] = raw["clip_diversity"]
-    if "clip_score" in raw:
-        out["clip_score"] = raw["clip_score"]
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+    if "clip_features" in raw:
+        features = torch.cat(raw["clip_features"])  # (N, D) unit, float64
+        if "diversity" in settings.metrics:
+            out["clip_diversity"] = M.diversity_from_sum(features.sum(dim=0), features.shape[0])
+        if "clip" in settings.metrics:
+            with torch.no_grad():
+                text = F.normalize(networks.clip.encode_text([target_text])[0].double().cpu(), dim=0)
+            out["clip_score"] = (features @ text).mean().item()
+    order = ["is", "is_std"] + [k for k in out if k.startswith("sifid_")] + ["scs", "id", "lpips_diversity", "lpips_diversity_std", "lpips_cluster_sizes", "clip_diversity", "clip_score"]
+    return {k: None if isinstance(out[k], float) and not math.isfinite(out[k]) else out[k] for k in order if k in out}
 
 
-def evaluate_stream(pairs, networks, settings, *, total=None, references=None, target_text=None, progress=True, desc="evaluate"):
+def evaluate_stream(pairs, networks, settings, *, n_batches, world=SINGLE, references=None, target_text=None, progress=True, desc="evaluate"):
     """The requested metrics of a stream of ``(source or None, adapted)`` image batches, in one pass.
 
     Args:
-        pairs: Iterable of ``(source (B, 3, H, W) or None, adapted (B, 3, H, W))``
-            batches in [-1, 1], produced lazily (only ``depth`` batches are alive).
+        pairs: Iterable of this rank's ``(source (B, 3, H, W) or None,
+            adapted (B, 3, H, W))`` batches in [-1, 1], produced lazily.
         networks: :class:`MetricNetworks` holding at least ``required_networks(settings)``.
         settings: :class:`EvalSettings`.
-        total: Number of batches (for the progress bar).
+        n_batches: Number of batches of all ranks together.
+        world: The ranks sharing the batches (:mod:`ipl.distributed`); each
+            rank computes its batches' per-image values and rank 0 reduces
+            them in batch order, as one process would.
         references: SIFID reference images, a list of ``(1, 3, H, W)`` in
             [-1, 1]; the results are named R1, R2, ... in this order.
         target_text: Text of the CLIP score.
@@ -252,15 +298,24 @@ def evaluate_stream(pairs, networks, settings, *, total=None, references=None, t
     Returns:
         Flat dict: ``is``, ``is_std``, ``sifid_R1``..., ``scs``, ``id``,
         ``lpips_diversity``, ``lpips_diversity_std``, ``lpips_cluster_sizes``,
-        ``clip_diversity``, ``clip_score`` (those requested).
+        ``clip_diversity``, ``clip_score`` (those requested); None on ranks
+        other than 0.
     """
     from ..runtime import progress_bar
 
-    consumers = metric_consumers(networks, settings, references=references, target_text=target_text)
-    return metrics_of(fan_out(progress_bar(pairs, desc=desc, total=total, unit="batch", disable=not progress), consumers))
+    consumers = metric_consumers(networks, settings, references=references, lpips_images=world.active)
+    mine = len(world.items(n_batches))
+    raw = fan_out(progress_bar(pairs, desc=desc, total=mine, unit="batch", disable=not progress), consumers)
+    if world.active:
+        names = sorted(raw)
+        gathered = gather_items(world, list(zip(*(raw[k] for k in names))), n_batches)
+        if gathered is None:
+            return None
+        raw = {k: [batch[i] for batch in gathered] for i, k in enumerate(names)}
+    return metrics_of(raw, networks, settings, target_text=target_text)
 
 
-def evaluate_generators(adapted, networks, settings, *, source=None, truncation_latent=None, references=None, target_text=None, progress=True, desc="evaluate"):
+def evaluate_generators(adapted, networks, settings, *, source=None, truncation_latent=None, references=None, target_text=None, world=SINGLE, progress=True, desc="evaluate"):
     """Compute the requested metrics of an adapted generator in one rendering pass.
 
     Args:
@@ -270,7 +325,7 @@ def evaluate_generators(adapted, networks, settings, *, source=None, truncation_
         settings: :class:`EvalSettings` (its seeds name the images).
         source: The source generator; needed for SCS and ID.
         truncation_latent: Truncation centre ``(1, style_dim)`` shared by both.
-        references, target_text: See :func:`evaluate_stream`.
+        references, target_text, world: See :func:`evaluate_stream`.
 
     Returns:
         The metrics dict of :func:`evaluate_stream`.
@@ -285,6 +340,10 @@ def evaluate_generators(adapted, networks, settings, *, source=None, truncation_
         truncation=settings.truncation,
         truncation_latent=truncation_latent,
         quantize=settings.quantize,
+        world=world,
     )
-    total = math.ceil(settings.n / settings.batch)
-    return evaluate_stream(pairs, networks, settings, total=total, references=references, target_text=target_text, progress=progress, desc=desc)
+    n_batches = math.ceil(settings.n / settings.batch)
+    return evaluate_stream(
+        pairs, networks, settings, n_batches=n_batches, world=world, references=references, target_text=target_text,
+        progress=progress and world.is_main, desc=desc,
+    )  # fmt: skip

@@ -36,9 +36,7 @@ import argparse
 import logging
 import math
 import pickle
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -50,7 +48,9 @@ from stylegan2.checkpoint import (
     CheckpointError,
     build_generator,
     infer_generator_config,
+    require_file,
 )
+from stylegan2.utils import refused_global, torch_file_problem
 
 from .networks import ENCODER_CLASSES, infer_encoder_config
 
@@ -215,6 +215,12 @@ class ReStyleEncoder(StyleEncoder):
 # Reading a checkpoint
 
 
+ENCODER_REMEDY = (
+    "The encoders are the authors' e4e_ffhq_encode.pt and restyle_e4e_ffhq_encode.pt (Google Drive; see "
+    "ipl.metrics.weights.WEIGHTS): leave out --encoder to fetch the default one, or download the file again"
+)
+
+
 def read_encoder_file(path):
     """The loaded contents of an encoder checkpoint, without running code from it.
 
@@ -226,40 +232,29 @@ def read_encoder_file(path):
     Raises:
         CheckpointError: missing, empty or unreadable file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"encoder checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty (an interrupted download?); fetch it again")
+    what = "e4e / ReStyle encoder checkpoint"
+    path = require_file(path, what, ENCODER_REMEDY)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if not match:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
-        unsafe = match.group(1)
+        unsafe = refused_global(error)
+        if not unsafe:
+            raise CheckpointError(f"{path} is not a readable {what} ({torch_file_problem(path, error)}). {ENCODER_REMEDY}") from None
     except Exception as error:  # the loader raises many types for damaged files
-        raise CheckpointError(
-            f"{path}: cannot be read ({type(error).__name__}: {_first_line(error)}); the file may be truncated or corrupt"
-        ) from None
+        raise CheckpointError(f"{path} is not a readable {what} ({torch_file_problem(path, error)}). {ENCODER_REMEDY}") from None
     try:
         from ipl.safe_load import SafeLoadError, load_untrusted
     except ImportError:
         raise CheckpointError(
-            f"{path}: its pickle references {unsafe}, which torch.load(weights_only=True) refuses, and "
+            f"{path}: its pickle references {unsafe}, which the tensors-only loader refuses, and "
             "ipl.safe_load (the code-free reader of such files) is not available"
         ) from None
     log.info("%s references %s; reading it with ipl.safe_load.load_untrusted (no code from the file runs)", path, unsafe)
     try:
         return load_untrusted(path)
     except SafeLoadError as error:
-        raise CheckpointError(str(error)) from None
-
-
-def _first_line(error):
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
+        raise CheckpointError(f"{error}. {ENCODER_REMEDY}") from None
 
 
 def _options(checkpoint, path):
@@ -270,9 +265,16 @@ def _options(checkpoint, path):
         state = getattr(opts, "state", None)
         opts = state if isinstance(state, dict) else getattr(opts, "__dict__", None)
     if not isinstance(opts, dict) or "encoder_type" not in opts:
-        keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        from ipl.runtime import describe_contents
+
+        from ipl.safe_load import placeholder_names
+
+        found = "options without an 'encoder_type'" if isinstance(checkpoint, dict) and "opts" in checkpoint else describe_contents(checkpoint)
+        objects = placeholder_names(checkpoint)
+        if objects:  # what ipl.safe_load read as inert placeholders
+            found += f" and pickled objects of {', '.join(objects[:3])} (read as inert placeholders: nothing from the file ran)"
         raise CheckpointError(
-            f"{path}: not an e4e / ReStyle checkpoint: no 'opts' with an 'encoder_type' (top level: {keys})"
+            f"{path} is not an e4e / ReStyle checkpoint: it holds {found}, and no 'opts' with an 'encoder_type'. {ENCODER_REMEDY}"
         )
     return opts
 

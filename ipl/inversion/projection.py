@@ -157,6 +157,12 @@ def default_distance(device, download=True):
     return LPIPSDistance(load_lpips("vgg", device=device, download=download))
 
 
+def mean_squared_error(x, y):
+    """Mean squared pixel difference ``(B,)`` of images in [-1, 1]: a distance that needs no weight file
+    (offline demos and tests; NVIDIA's projector, the default, uses LPIPS)."""
+    return (x - y).square().flatten(1).mean(1)
+
+
 def _bind(distance, target):
     if hasattr(distance, "bind"):
         return distance.bind(target)

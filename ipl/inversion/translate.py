@@ -237,8 +237,7 @@ def build_translator(ckpt, *, source="recorded", inversion=None, encoder=None, a
 
     from .encoders import check_decoder, load_encoder
 
-    adapted, adapted_info = load_adapted(ckpt, device)
-    source_model, _ = load_source(source, adapted, adapted_info, device)
+    # The encoder first: a wrong file stops the run before a source model is downloaded.
     model = None
     if inversion != "project" or encoder is not None:
         if encoder is None:
@@ -246,6 +245,9 @@ def build_translator(ckpt, *, source="recorded", inversion=None, encoder=None, a
 
             encoder = resolve_weights(DEFAULT_ENCODERS[inversion], download=True)
         model = load_encoder(encoder, device)
+    adapted, adapted_info = load_adapted(ckpt, device)
+    source_model, _ = load_source(source, adapted, adapted_info, device)
+    if model is not None:
         check_decoder(model, source_model, generator_name=f"the source generator ({source})")
     names = {"ckpt": str(ckpt), "source": str(source), "encoder": None if encoder is None else str(encoder)}
     return StyleGAN2Translator(

@@ -50,17 +50,29 @@ def mean_pairwise_cosine_distance(features):
 
 
 @torch.no_grad()
+def unit_features(encode_image, batch):
+    """Unit-norm CLIP features (B, D) float64 on the CPU of one batch."""
+    return _unit(encode_image(batch)).cpu()
+
+
+def diversity_from_sum(total, count):
+    """``mean_pairwise_cosine_distance`` from the sum S of N unit features.
+
+    ``sum_{i<j} cos(f_i, f_j) = (|S|^2 - N) / 2``, so the features themselves are not needed.
+    """
+    if count < 2:
+        raise ValueError("need at least 2 images")
+    mean_cosine = ((total @ total).item() - count) / (count * (count - 1))
+    return 1 - mean_cosine
+
+
 def compute_clip_score(encode_image, images, text_features, *, scale=1.0, batch_size=32):
     """``clip_score`` streamed over image batches (one text for all images)."""
-    text = _unit(text_features.reshape(1, -1))
-    total, count = 0.0, 0
-    for batch in iter_image_batches(images, batch_size):
-        f = _unit(encode_image(batch))
-        total += (f * text.to(f.device)).sum().item()
-        count += f.shape[0]
-    if count == 0:
+    text = _unit(text_features.reshape(1, -1)).cpu()
+    scores = [unit_features(encode_image, batch) @ text[0] for batch in iter_image_batches(images, batch_size)]
+    if not scores:
         raise ValueError("images is empty")
-    return scale * total / count
+    return scale * torch.cat(scores).mean().item()
 
 
 @torch.no_grad()
@@ -72,10 +84,7 @@ def compute_clip_diversity(encode_image, images, *, batch_size=32):
     """
     total, count = None, 0
     for batch in iter_image_batches(images, batch_size):
-        f = _unit(encode_image(batch)).sum(dim=0).cpu()
+        f = unit_features(encode_image, batch).sum(dim=0)
         total = f if total is None else total + f
         count += batch.shape[0]
-    if count < 2:
-        raise ValueError("need at least 2 images")
-    mean_cosine = ((total @ total).item() - count) / (count * (count - 1))
-    return 1 - mean_cosine
+    return diversity_from_sum(total, count)

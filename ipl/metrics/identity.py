@@ -24,6 +24,13 @@ def identity_similarity(source_features, target_features):
 
 
 @torch.no_grad()
+def id_values(extractor, source, target, *, device=None):
+    """Identity similarity of each pair of one batch: (B,) float64 on the CPU."""
+    device = device or module_device(extractor)
+    return identity_similarity(extractor(prepare(source, device)), extractor(prepare(target, device))).cpu()
+
+
+@torch.no_grad()
 def compute_id(extractor, source_images, target_images, *, batch_size=16, device=None):
     """Mean identity similarity of paired source / adapted images.
 
@@ -38,12 +45,7 @@ def compute_id(extractor, source_images, target_images, *, batch_size=16, device
     Returns:
         mean cosine similarity (float).
     """
-    device = device or module_device(extractor)
-    total, count = 0.0, 0
-    for source, target in iter_image_pairs(source_images, target_images, batch_size):
-        similarity = identity_similarity(extractor(prepare(source, device)), extractor(prepare(target, device)))
-        total += similarity.sum().item()
-        count += similarity.shape[0]
-    if count == 0:
+    values = [id_values(extractor, source, target, device=device) for source, target in iter_image_pairs(source_images, target_images, batch_size)]
+    if not values:
         raise ValueError("no image pairs given")
-    return total / count
+    return torch.cat(values).mean().item()

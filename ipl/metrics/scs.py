@@ -41,6 +41,23 @@ def quantize_edges(edges):
 
 
 @torch.no_grad()
+def scs_values(hed, source, target, *, quantize=True, image_size=None, device=None):
+    """SCS of each pair of one batch: (B,) float64 on the CPU.
+
+    Args:
+        hed: ``HED`` network.
+        source, target: (B, 3, H, W) paired images in [-1, 1].
+        quantize, image_size: As in :func:`compute_scs`.
+    """
+    device = device or module_device(hed)
+    s = hed(prepare(source, device, image_size))  # (B, 1, H, W)
+    t = hed(prepare(target, device, image_size))
+    if quantize:
+        s, t = quantize_edges(s), quantize_edges(t)
+    return structural_consistency(s, t).to("cpu", torch.float64)
+
+
+@torch.no_grad()
 def compute_scs(hed, source_images, target_images, *, quantize=True, image_size=None, batch_size=16, device=None):
     """Mean SCS between HED edge maps of paired source and adapted images.
 
@@ -56,15 +73,10 @@ def compute_scs(hed, source_images, target_images, *, quantize=True, image_size=
     Returns:
         mean SCS over all pairs (float).
     """
-    device = device or module_device(hed)
-    total, count = 0.0, 0
-    for source, target in iter_image_pairs(source_images, target_images, batch_size):
-        s = hed(prepare(source, device, image_size))  # (B, 1, H, W)
-        t = hed(prepare(target, device, image_size))
-        if quantize:
-            s, t = quantize_edges(s), quantize_edges(t)
-        total += structural_consistency(s, t).sum().item()
-        count += s.shape[0]
-    if count == 0:
+    values = [
+        scs_values(hed, source, target, quantize=quantize, image_size=image_size, device=device)
+        for source, target in iter_image_pairs(source_images, target_images, batch_size)
+    ]
+    if not values:
         raise ValueError("no image pairs given")
-    return total / count
+    return torch.cat(values).mean().item()

@@ -34,6 +34,23 @@ def sifid_statistics(stem, images, *, image_size=None, device=None):
     return [gaussian_statistics(x) for x in samples]
 
 
+def reference_statistics(stem, references, *, image_size=None, device=None):
+    """The (mu, sigma) of each reference image: (R, 3, H, W) or a list of (3, H, W) / (1, 3, H, W)."""
+    if torch.is_tensor(references):
+        references = list(references.unbind(0)) if references.ndim == 4 else [references]
+    if not references:
+        raise ValueError("references is empty")
+    return [sifid_statistics(stem, r if r.ndim == 4 else r[None], image_size=image_size, device=device)[0] for r in references]
+
+
+def sifid_values(stem, batch, reference_stats, *, image_size=None, device=None):
+    """SIFID of each image of one batch to each reference: (B, R) float64 numpy array."""
+    return np.array(
+        [[frechet_distance(mu, sigma, mu_r, sigma_r) for mu_r, sigma_r in reference_stats]
+         for mu, sigma in sifid_statistics(stem, batch, image_size=image_size, device=device)]  # fmt: skip
+    ).reshape(-1, len(reference_stats))
+
+
 def compute_sifid(stem, images, references, *, image_size=None, batch_size=8, device=None):
     """SIFID of every generated image to each reference, averaged over images.
 
@@ -48,21 +65,8 @@ def compute_sifid(stem, images, references, *, image_size=None, batch_size=8, de
     Returns:
         (R,) float64 numpy array: mean SIFID to reference r over all images.
     """
-    if torch.is_tensor(references):
-        references = list(references.unbind(0)) if references.ndim == 4 else [references]
-    if not references:
-        raise ValueError("references is empty")
-    reference_stats = [
-        sifid_statistics(stem, r if r.ndim == 4 else r[None], image_size=image_size, device=device)[0]
-        for r in references
-    ]
-
-    total = np.zeros(len(reference_stats))
-    count = 0
-    for batch in iter_image_batches(images, batch_size):
-        for mu, sigma in sifid_statistics(stem, batch, image_size=image_size, device=device):
-            total += [frechet_distance(mu, sigma, mu_r, sigma_r) for mu_r, sigma_r in reference_stats]
-            count += 1
-    if count == 0:
+    reference_stats = reference_statistics(stem, references, image_size=image_size, device=device)
+    values = [sifid_values(stem, batch, reference_stats, image_size=image_size, device=device) for batch in iter_image_batches(images, batch_size)]
+    if not values:
         raise ValueError("images is empty")
-    return total / count
+    return np.concatenate(values).mean(axis=0)

@@ -191,6 +191,10 @@ class WeightsMismatchError(RuntimeError):
     """A weight file whose SHA-256 hash differs from the published or recorded one."""
 
 
+class WeightsFileError(RuntimeError):
+    """A weight file that cannot be read, or does not fit its network; the message says how to get the right one."""
+
+
 ENV_DIR = "IPL_PRETRAINED_DIR"
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "pretrained"
 
@@ -283,7 +287,7 @@ def download_weights(key_or_entry, weights_dir=None, *, progress=True):
     """Download a registered file into ``weights_dir`` and check its hash.
 
     The SHA-256 prefix (or full hash) is verified when the registry knows it;
-    a mismatch deletes the download and raises ``RuntimeError``. Compressed
+    a mismatch deletes the download and raises ``WeightsMismatchError``. Compressed
     and Google Drive files are installed as described in the module docstring.
     """
     from stylegan2.utils import sha256_file
@@ -303,10 +307,20 @@ def download_weights(key_or_entry, weights_dir=None, *, progress=True):
     dst = weights_dir / entry.filename
     # torch.hub writes to a temporary file and moves it into place only when
     # the hash prefix matches, so an interrupted download leaves nothing.
-    torch.hub.download_url_to_file(entry.url, str(dst), hash_prefix=entry.sha256_prefix, progress=progress)
+    try:
+        torch.hub.download_url_to_file(entry.url, str(dst), hash_prefix=entry.sha256_prefix, progress=progress)
+    except RuntimeError as error:
+        if "hash" not in str(error).lower():
+            raise
+        raise WeightsMismatchError(
+            f"{entry.key}: the file downloaded from {entry.url} does not have the published hash prefix "
+            f"{entry.sha256_prefix}; nothing was installed. Try again later, or fetch it by hand:\n{_how_to_get(entry, weights_dir)}"
+        ) from None
+    except OSError as error:  # urllib's URLError included: no connection, a refused address
+        raise MissingWeightsError(f"{entry.key}: the download from {entry.url} failed ({error}).\n{_how_to_get(entry, weights_dir)}") from None
     if entry.sha256 and sha256_file(dst) != entry.sha256:
         dst.unlink()
-        raise RuntimeError(f"{entry.key}: downloaded file does not match sha256 {entry.sha256}")
+        raise WeightsMismatchError(f"{entry.key}: the downloaded file does not match sha256 {entry.sha256}; it was deleted, run the command again")
     return dst
 
 
@@ -423,24 +437,43 @@ def _download_from_drive(entry, weights_dir, progress):
     return _install_verified(entry, part, dst)
 
 
-def load_state_dict_file(path):
+def _refetch(path, key=None):
+    """How to get the right file again: the registry entry of ``key`` (or of ``path``'s file name), else a general hint."""
+    entry = WEIGHTS.get(key) if key else next((e for e in WEIGHTS.values() if e.filename == Path(path).name), None)
+    if entry is None:
+        return "Fetch the file again from its publisher (docs/EVALUATION.md lists where each one comes from)."
+    return f"Delete it and fetch it again:\n{_how_to_get(entry, Path(path).parent)}"
+
+
+def load_state_dict_file(path, key=None):
     """Read a state dict saved with ``torch.save`` (tensors only) onto the CPU.
 
     Accepts a bare state dict or one wrapped as ``{"state_dict": ...}``, and
     strips a ``module.`` prefix left by ``nn.DataParallel``.
+
+    Args:
+        path: The file.
+        key: Its entry in :data:`WEIGHTS` (named in the messages); default:
+            the entry whose file name ``path`` has, if any.
+
+    Raises:
+        WeightsFileError: missing, unreadable or not a state dict of tensors.
     """
+    from stylegan2.utils import torch_file_problem
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}, not a weight file. {_refetch(path, key)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises several types
-        raise RuntimeError(
-            f"could not read {path} as a tensors-only state dict ({error}). "
-            "Is it the right file? Loading runs torch.load(weights_only=True), which refuses "
-            "files that hold arbitrary Python objects."
-        ) from error
+        raise WeightsFileError(
+            f"{path} is not a readable state dict of tensors ({torch_file_problem(path, error)}). {_refetch(path, key)}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise RuntimeError(f"{path} does not hold a state dict of tensors")
+        raise WeightsFileError(f"{path} does not hold a state dict of tensors. {_refetch(path, key)}")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -466,7 +499,7 @@ def load_strict(module, state_dict, what):
         def head(items):
             return ", ".join(items[:5]) + (f" ... (+{len(items) - 5})" if len(items) > 5 else "")
 
-        raise RuntimeError(
+        raise WeightsFileError(
             f"the file does not fit the {what} architecture:"
             + (f"\n  missing keys: {head(missing)}" if missing else "")
             + (f"\n  unexpected keys: {head(unexpected)}" if unexpected else "")

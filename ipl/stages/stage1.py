@@ -18,6 +18,8 @@ from ..method.mapper import build_prompt_model
 from ..method.prompts import PromptTextEncoder, prompt_features, text_constants
 from ..runtime import (
     CHECKPOINT_FORMAT,
+    CHECKPOINT_KINDS,
+    CheckpointError,
     StatsLog,
     atomic_save,
     check_finite,
@@ -51,13 +53,37 @@ def prompt_model_meta(config, code_dim, clip_model, n_ctx):
     }
 
 
+def _state_mismatch(expected, found):
+    """The first key where a saved state dict and a model's differ, described; None if they agree."""
+    if not isinstance(found, dict):
+        return f"the weights are a {type(found).__name__}, not a state dict"
+    for key, value in expected.items():
+        if key not in found:
+            return f"no '{key}' in the file"
+        if not torch.is_tensor(found[key]) or found[key].shape != value.shape:
+            return f"'{key}' is {tuple(getattr(found[key], 'shape', ()))} in the file, {tuple(value.shape)} in the model"
+    extra = sorted(set(found) - set(expected))
+    return f"the file has '{extra[0]}', which the model does not" if extra else None
+
+
 def load_prompt_model(path, device="cpu"):
     """Rebuild a Stage-1 prompt model from ``mapper.pt``; returns ``(model, checkpoint)``."""
     ckpt = load_checkpoint(path, "mapper")
-    meta = ckpt["prompt"]
-    config = config_lib.from_dict(ckpt["config"])
-    init = torch.zeros(meta["n_ctx"], meta["token_dim"])  # overwritten by the state dict
-    model = build_prompt_model(meta["scheme"], meta["w_dim"], meta["n_ctx"], meta["token_dim"], config.mapper, init)
+    remedy = CHECKPOINT_KINDS["mapper"][2]
+    try:
+        meta = ckpt["prompt"]
+        config = config_lib.from_dict(ckpt["config"])
+        init = torch.zeros(meta["n_ctx"], meta["token_dim"])  # overwritten by the state dict
+        model = build_prompt_model(meta["scheme"], meta["w_dim"], meta["n_ctx"], meta["token_dim"], config.mapper, init)
+    except config_lib.ConfigError as e:
+        raise CheckpointError(f"{path}: its recorded run config is not valid here ({e}). {remedy}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        # A file of another version or a damaged one: its entries do not describe a prompt model.
+        problem = f"no {e} entry" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{path}: the Stage-1 checkpoint's contents do not describe a prompt model ({problem}). {remedy}") from None
+    mismatch = _state_mismatch(model.state_dict(), ckpt["mapper"])
+    if mismatch:
+        raise CheckpointError(f"{path}: its weights do not fit the {type(model).__name__} it describes ({mismatch}). {remedy}")
     model.load_state_dict(ckpt["mapper"])
     return model.to(device).eval().requires_grad_(False), ckpt
 

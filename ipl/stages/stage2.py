@@ -56,7 +56,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
     torch.manual_seed(c2.seed)  # noise, dropout and everything else the backend draws globally
     start = 0
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, model.checkpoint_key)
+        ckpt = load_checkpoint(ckpt_path, "stage2", key=model.checkpoint_key)
         model.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"])
         start = ckpt["step"]

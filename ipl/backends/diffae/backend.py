@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...images import IMAGE_SUFFIXES, image_tensor, list_images
+from ...images import IMAGE_SUFFIXES, UnreadableImageError, check_image, image_tensor, list_images
 from ...method.losses import direction_loss
 from ...runtime import atomic_save, progress_bar
 from ..base import Batch
@@ -56,6 +56,7 @@ def load_source_autoencoder(gcfg, dcfg, device, progress=True):
         model = build_autoencoder(dcfg.arch, seed=gcfg.seed, device=device)
     else:
         model = load_autoencoder(gcfg.checkpoint, device, download=True, progress=progress)
+    model.use_channels_last(torch.device(device).type == "cpu")
     return model.eval().requires_grad_(False), model_fingerprint(gcfg, dcfg, model)
 
 
@@ -71,6 +72,13 @@ def training_images(folder, n, what="data.images"):
             f"{what}: {folder} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), fewer than the {n} the config asks for: "
             f"add images, or lower data.n_images (and data.n_train, stage1.batch) to at most {len(files)}"
         )
+    # Every image is opened now (headers and checksums only), so that a
+    # damaged file stops the run before any model is downloaded or built.
+    for path in files[:n]:
+        try:
+            check_image(path)
+        except UnreadableImageError as e:
+            raise UnreadableImageError(f"{what}: {e}; remove or replace the file") from None
     return files[:n]
 
 
@@ -104,9 +112,11 @@ class InversionCache:
             return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            return None  # a damaged cache entry is recomputed, not trusted
+        except Exception:  # the loader raises many types for damaged files
+            entry = None
         if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or not all(k in entry for k in keys):
+            # A damaged or foreign cache entry is recomputed, not trusted.
+            log.warning("inversion cache entry %s is damaged or out of date; computing it again", path)
             return None
         return entry
 
@@ -279,14 +289,18 @@ class DiffAEAdaptation:
 
         # The frozen source and its trainable copy; DiffusionCLIP trains in train() mode.
         self.source = backend.model
-        self.trainable = copy.deepcopy(self.source)
+        # NCHW for the trainable copy: channels-last speeds up the CPU forward
+        # but doubles the backward's time there (benchmarks/RESULTS.md).
+        self.trainable = copy.deepcopy(self.source).use_channels_last(False)
         self.trainable.net.requires_grad_(False)
         self.trained = [p for name, p in self.trainable.net.named_parameters() if not name.startswith("encoder.")]
         for p in self.trained:
             p.requires_grad_(True)
         self.trainable.train(dc.dropout)
 
-        self.optimizer = torch.optim.Adam(self.trained, lr=dc.lr, weight_decay=0)
+        # Adam as DiffusionCLIP's; the fused kernel updates every tensor in one pass, without
+        # the foreach implementation's temporaries the size of the whole UNet.
+        self.optimizer = torch.optim.Adam(self.trained, lr=dc.lr, weight_decay=0, fused=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=dc.lr_gamma)
         self.identity = load_identity(self.device) if dc.id_loss_w else None
 
@@ -367,8 +381,7 @@ class DiffAEAdaptation:
         return [x0, self._source_row, self.render(self.trainable, x_t, codes)]
 
     def save_adapted(self, path, step):
-        model = copy.deepcopy(self.trainable).eval().requires_grad_(False)
-        save_autoencoder(path, model, config=self.run_config, step=step, meta={**self.meta, "step": step}, source=self.source_fingerprint)
+        save_autoencoder(path, self.trainable, config=self.run_config, step=step, meta={**self.meta, "step": step}, source=self.source_fingerprint)
 
 
 def config_cache_dir(config):

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ipl.safe_load import SafeLoadError, is_placeholder, load_untrusted
-from stylegan2.utils import atomic_save
+from stylegan2.utils import atomic_save, check_plain, unwrap_module
 
 from . import pretrained
 from .autoencoder import DEFAULT_BETA_SCHEDULE, DEFAULT_T, DEFAULT_T_EVAL, DiffusionAutoencoder
@@ -183,32 +183,6 @@ def build_autoencoder(arch_name_or_hparams="tiny", seed=0, device="cpu"):
     return model.to(device).eval()
 
 
-def _unwrap(module):
-    while True:
-        if hasattr(module, "_orig_mod"):  # torch.compile
-            module = module._orig_mod
-        elif isinstance(module, torch.nn.parallel.DistributedDataParallel):
-            module = module.module
-        else:
-            return module
-
-
-def _check_plain(value, where):
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
-                raise TypeError(f"save_autoencoder: {where} has a key of type {type(key).__name__}; use str or int keys")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    raise TypeError(f"save_autoencoder: {where} is a {type(value).__name__}, not plain data (dicts, lists, numbers, strings, tensors)")
-
-
 def save_autoencoder(path, model, **extra):
     """Write ``model`` atomically as a plain-data Diff-AE checkpoint (see the module docstring).
 
@@ -220,14 +194,14 @@ def save_autoencoder(path, model, **extra):
     Returns:
         The path written, as a :class:`pathlib.Path`.
     """
-    model = _unwrap(model)
+    model = unwrap_module(model)
     if not isinstance(model, DiffusionAutoencoder):
         raise TypeError(f"save_autoencoder: expected a DiffusionAutoencoder, got {type(model).__name__}")
     clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"save_autoencoder: extra keys {clash} are reserved")
     for key, value in extra.items():
-        _check_plain(value, key)
+        check_plain(value, key, "save_autoencoder")
     checkpoint = {
         "format": FORMAT,
         "hyper_parameters": model.hyper_parameters,
@@ -246,17 +220,19 @@ def _resolve(path_or_name, download, pretrained_dir, progress):
     path = Path(path_or_name)
     if path.is_file():
         return path, None
+    if path.is_dir():
+        raise DiffAECheckpointError(f"{path} is a folder, not a Diff-AE checkpoint file (diffae's last.ckpt). {_HOW_TO_GET}")
     name = str(path_or_name)
     if name in pretrained.REGISTRY:
         return pretrained.checkpoint_path(name, pretrained_dir, download=download, progress=progress), name
     hint = ""
     for candidate in (path.parent.name, path.stem):
         if candidate in pretrained.REGISTRY:
-            hint = " " + pretrained.manual_instructions(candidate, pretrained_dir)
+            hint = ". " + pretrained.manual_instructions(candidate, pretrained_dir)
             break
     if not hint:
         hint = f" (it is neither a file nor a released checkpoint name: {', '.join(pretrained.REGISTRY)})"
-    raise DiffAECheckpointError(f"Diff-AE checkpoint not found: {path}.{hint}")
+    raise DiffAECheckpointError(f"Diff-AE checkpoint not found: {path}{hint}")
 
 
 def _as_dict(value):

@@ -8,7 +8,6 @@ the fine-tuned model's render of the same latents is the edit. With
 ``model_ratio``, "the degree of change").
 """
 
-from pathlib import Path
 
 import torch
 
@@ -71,7 +70,14 @@ class Editor:
 
 def run_settings(checkpoint_path):
     """The run config stored in a fine-tuned autoencoder file (plain dict), or None."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the loader raises many types for damaged files
+        from stylegan2.checkpoint import read_checkpoint
+
+        from .. import ADAPTED_REMEDY
+
+        checkpoint = read_checkpoint(checkpoint_path, "Diff-IPL autoencoder checkpoint", ADAPTED_REMEDY)  # its errors name the problem
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     return config if isinstance(config, dict) else None
 
@@ -97,10 +103,11 @@ def load_editor(adapted_path, device, *, source="recorded", ratio=1.0, progress=
         run = from_dict(config)
     except ConfigError as e:
         raise CheckpointError(f"{adapted_path}: its run config cannot be read ({e})") from None
-    adapted = load_autoencoder(adapted_path, device)
+    adapted = load_autoencoder(adapted_path, device).use_channels_last(torch.device(device).type == "cpu")
     if source == "recorded":
         source_model, _ = load_source_autoencoder(run.generator, run.diffae, device, progress)
     else:
-        source_model = load_autoencoder(source if not Path(str(source)).is_file() else Path(source), device, download=True, progress=progress)
+        source_model = load_autoencoder(source, device, download=True, progress=progress)
+        source_model.use_channels_last(torch.device(device).type == "cpu")
     dc = run.diffusionclip
     return Editor(source_model, adapted, t_0=dc.t_0, n_inv_step=dc.n_inv_step, n_test_step=dc.n_test_step, eta=dc.eta, ratio=ratio), run

@@ -11,11 +11,15 @@ takes its batch from it without replacement, in order.
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 
+from ...distributed import SINGLE, barrier, gather_items
 from ...runtime import LatentSampler, atomic_save, progress_bar
+
+log = logging.getLogger(__name__)
 
 BANK_FORMAT = 1
 
@@ -78,20 +82,30 @@ def load_bank(path, fields):
         return None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # a damaged cache entry is rebuilt, not trusted
-    if data.get("format") != BANK_FORMAT or data.get("fields") != fields:
+    except Exception:  # the loader raises many types for damaged files
+        data = None
+    if not isinstance(data, dict) or data.get("format") != BANK_FORMAT or not all(torch.is_tensor(data.get(k)) for k in ("w", "features")):
+        # A damaged cache entry (an interrupted copy, a full disk) is rebuilt, not trusted.
+        log.warning("source-feature bank %s is damaged or of another format; building it again", path)
+        return None
+    if data.get("fields") != fields:
         return None
     return SourceBank(fields, data["w"], data["features"])
 
 
-def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncation=1.0, truncation_latent=None, chunk=8, antialias=False, save_every=32, progress=True):
+def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncation=1.0, truncation_latent=None, chunk=8, antialias=False, save_every=32, progress=True, world=SINGLE):
     """Load the bank at ``path`` or render the missing pairs, saving as it goes.
 
     A bank of ``steps * batch`` pairs holds exactly the latents that a fresh
     Stage-1 run with this ``seed`` and ``batch`` draws, in order; a bank
     already holding more serves any shorter run, and an interrupted build
-    resumes where its last save left it.
+    resumes where its last save left it (saves every ``save_every`` steps).
+
+    With several ranks (``world``, under torchrun), the steps of each round
+    between saves go round-robin to the ranks and rank 0 assembles and saves
+    them: every step is rendered as one process renders it (its latents from
+    the one seeded stream, its noise from its own seed), so the file is the
+    same. Every rank returns the bank.
 
     Returns:
         :class:`SourceBank` with at least ``steps * batch`` pairs.
@@ -106,21 +120,34 @@ def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncati
     sampler = LatentSampler(seed, batch, generator.style_dim)
     for _ in range(have):  # skip what the bank already holds
         sampler()
-    bar = progress_bar(total=steps * batch, initial=have * batch, desc="source-feature bank", unit="img", disable=not progress)
-    for step in range(have, steps):
-        w = latents_to_w(generator, sampler().to(device), truncation, truncation_latent)
-        ws.append(w.cpu())
-        # Seeded rendering noise per step: a bank is a function of its fields,
-        # however often and in however many sessions it is built.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed * 1_000_003 + step)
-            feats.append(render_features(generator, clip_model, w, chunk, antialias).cpu())
-        bar.update(batch)
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+    bar = progress_bar(total=steps * batch, initial=have * batch, desc="source-feature bank", unit="img", disable=not (progress and world.is_main))
+    start = have
+    while start < steps:
+        stop = min((start // save_every + 1) * save_every, steps)  # the next save
+        mine = []
+        for i, step in enumerate(range(start, stop)):
+            z = sampler()  # every rank walks the whole stream, renders its own steps
+            if not world.owns(i):
+                continue
+            w = latents_to_w(generator, z.to(device), truncation, truncation_latent)
+            # Seeded rendering noise per step: a bank is a function of its fields,
+            # however often, on however many ranks and in however many sessions it is built.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed * 1_000_003 + step)
+                mine.append((w.cpu(), render_features(generator, clip_model, w, chunk, antialias).cpu()))
+            bar.update(batch * world.size)
+        rendered = gather_items(world, mine, stop - start)
+        if world.is_main:
+            ws += [w for w, _ in rendered]
+            feats += [f for _, f in rendered]
             bank = SourceBank(fields, torch.cat(ws), torch.cat(feats))
             ws, feats = [bank.w], [bank.features]
             atomic_save(bank.state(), path)
+        start = stop
     bar.close()
+    if world.active:
+        barrier(world)
+        bank = load_bank(path, fields) if not world.is_main else bank
     return bank
 
 
@@ -142,10 +169,15 @@ def bank_fields(config, generator_info, clip_model):
     }
 
 
-def build_stage1_bank(config, cache_dir, generator, generator_info, clip_model, truncation_latent=None, progress=True):
-    """Load or build the source-feature bank a Stage-1 run draws from (under ``cache_dir/banks``)."""
+def stage1_bank_path(config, cache_dir, generator_info, clip_model):
+    """Where the source-feature bank of a config is cached: ``(path, fields)``."""
     fields = bank_fields(config, generator_info, clip_model)
-    path = Path(cache_dir) / "banks" / f"bank-{bank_key(fields)}.pt"
+    return Path(cache_dir) / "banks" / f"bank-{bank_key(fields)}.pt", fields
+
+
+def build_stage1_bank(config, cache_dir, generator, generator_info, clip_model, truncation_latent=None, progress=True, world=SINGLE):
+    """Load or build the source-feature bank a Stage-1 run draws from (under ``cache_dir/banks``)."""
+    path, fields = stage1_bank_path(config, cache_dir, generator_info, clip_model)
     return build_bank(
         path,
         fields,
@@ -159,4 +191,5 @@ def build_stage1_bank(config, cache_dir, generator, generator_info, clip_model, 
         chunk=config.generator.render_chunk,
         antialias=config.clip.antialias,
         progress=progress,
+        world=world,
     )
