@@ -45,7 +45,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -119,6 +118,10 @@ def current_rss_mb():
 
 def run_child(spec):
     """Time one configuration; print one JSON line."""
+    # Imported here, in the child process run as a script (benchmarks/ on
+    # sys.path): the tests load this module by its file path.
+    from measurements import generator_step, timed  # shared with gpu_check.py
+
     from stylegan2 import Generator
 
     if spec.get("alloc") == "keep":
@@ -137,31 +140,12 @@ def run_child(spec):
     g.requires_grad_(mode == "train").train(mode != "forward")
     wplus = torch.randn(batch, g.n_latent, g.style_dim)
 
-    def step():
-        if mode == "forward":
-            with torch.no_grad():
-                g([wplus], input_is_latent=True)
-            return
-        x = wplus.clone().requires_grad_()
-        image, _ = g([x], input_is_latent=True)
-        image.square().mean().backward()
-        g.zero_grad(set_to_none=True)
+    step = generator_step(g, mode, wplus)
 
     base = current_rss_mb()
     times = timed(step, 1, spec["iters"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"times": times, "peak_mb": peak, "above_model_mb": peak - base}))
-
-
-def timed(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def spawn(spec, env_extra=None):

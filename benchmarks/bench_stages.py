@@ -22,11 +22,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+import measurements  # benchmarks/measurements.py: the definitions gpu_check.py shares
 from ipl.config import GeneratorConfig, Stage2Config
 
 # Authors' code on a 2-core machine of this kind (patched only to run on a
@@ -38,82 +38,35 @@ AUTHORS = {"stage1_fresh": 109.5, "stage1_bank": 109.5, "stage2": 89.7}
 MEASUREMENTS = ["stage1_fresh", "stage1_bank", "bank_build", "stage2", "text_ours", "text_naive", "select_ours", "select_naive"]
 
 
-def build(args, overrides=()):
-    from ipl import config as config_lib
-    from ipl.backends.stylegan2 import StyleGAN2Backend
-    from ipl.build import build_clip
-
-    sets = [
-        "device=cpu",
-        "generator.checkpoint=random",
-        f"generator.size={args.size}",
-        f"generator.render_chunk={args.render_chunk}",
-        f"clip.model={args.clip}",
-        f"stage2.chunk={args.stage2_chunk}",
-        *overrides,
-    ]
-    config = config_lib.load_config(None, sets)
-    backend = StyleGAN2Backend(config, "cpu")
-    clip_model = build_clip(config.clip, "cpu")
-    return config, backend, clip_model
-
-
-def step_times(stats_path, warmup):
-    times = [json.loads(line)["sec_per_iter"] for line in Path(stats_path).read_text().splitlines()]
-    return times[warmup:]
-
-
-def timed(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def spec(args):
+    """The model settings of every measurement (:func:`measurements.build`'s arguments)."""
+    return dict(size=args.size, clip=args.clip, render_chunk=args.render_chunk, stage2_chunk=args.stage2_chunk)
 
 
 def child(name, args):
-    from ipl.backends.stylegan2 import BankPairs, SourceBank, build_bank, select_layers
+    from ipl.backends.stylegan2 import select_layers
     from ipl.method.prompts import PromptTextEncoder
-    from ipl.stages.stage1 import train_mapper
-    from ipl.stages.stage2 import train_generator
 
-    n = args.warmup + args.iters
+    cpu = torch.device("cpu")
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    common = [f"stage1.iterations={n}", "stage1.log_every=1", "stage1.checkpoint_every=100000"]
     if name in ("stage1_fresh", "stage1_bank"):
-        config, backend, clip_model = build(args, common + [f"stage1.images={'fresh' if name == 'stage1_fresh' else 'bank'}"])
-        G = backend.generator
-        if name == "stage1_bank":  # the bank's contents do not change the cost of a step
-            m = n * config.stage1.batch
-            bank = SourceBank({}, G.style(torch.randn(m, G.style_dim)).detach(), torch.randn(m, clip_model.embed_dim))
-            backend.stage1_pairs = lambda *_, **__: BankPairs(bank, config.stage1.batch)
-        train_mapper(config, backend, clip_model, tmp, "cpu", progress=False)
-        return step_times(tmp / "stats_stage1.jsonl", args.warmup), "s/iter"
+        images = "fresh" if name == "stage1_fresh" else "bank"
+        return measurements.stage1_times(cpu, spec(args), images, args.warmup, args.iters, tmp), "s/iter"
     if name == "bank_build":
-        config, backend, clip_model = build(args)
-        images = args.bank_images
-        t = time.perf_counter()
-        build_bank(tmp / "bank.pt", {}, backend.generator, clip_model, steps=1, batch=images, seed=0, chunk=config.generator.render_chunk, progress=False)
-        return [(time.perf_counter() - t) / images], "s/image"
+        return measurements.bank_build_times(cpu, spec(args), args.bank_images, tmp), "s/image"
     if name == "stage2":
-        overrides = ["prompt.scheme=random", f"stage2.iterations={n}", "stage2.log_every=1", "stage2.checkpoint_every=100000", "stage2.output_interval=100000"]
-        config, backend, clip_model = build(args, overrides)
-        train_generator(config, backend, clip_model, tmp, "cpu", progress=False)
-        return step_times(tmp / "stats_stage2.jsonl", args.warmup), "s/iter"
+        return measurements.stage2_times(cpu, spec(args), args.warmup, args.iters, tmp), "s/iter"
     if name in ("text_ours", "text_naive"):
-        config, _, clip_model = build(args)
+        config, _, clip_model = measurements.build(cpu, **spec(args))
         encoder = PromptTextEncoder(clip_model, "a photo of a", ["human", "tolkien elf"])
         ctx = torch.randn(32, encoder.n_ctx, clip_model.token_dim, requires_grad=True)
         if name == "text_ours":
             fn = lambda: encoder(ctx).sum().backward()  # noqa: E731
         else:
             fn = lambda: naive_text(clip_model, encoder, ctx).sum().backward()  # noqa: E731
-        return timed(fn, args.warmup, args.iters), "s/step (64 prompts, fwd+bwd)"
+        return measurements.timed(fn, args.warmup, args.iters), "s/step (64 prompts, fwd+bwd)"
     if name in ("select_ours", "select_naive"):
-        config, backend, clip_model = build(args)
+        config, backend, clip_model = measurements.build(cpu, **spec(args))
         G = backend.generator
         text = clip_model.encode_text(["tolkien elf"])[0]
         k = int(2 * G.n_latent / 3)
@@ -122,7 +75,7 @@ def child(name, args):
             fn = lambda: select_layers(G, clip_model, w, text, k, chunk=config.stage2.chunk)  # noqa: E731
         else:
             fn = lambda: naive_select(G, clip_model, w, text, k, config.stage2.chunk)  # noqa: E731
-        return timed(fn, args.warmup, args.iters), "s/selection (batch 8)"
+        return measurements.timed(fn, args.warmup, args.iters), "s/selection (batch 8)"
     raise ValueError(name)
 
 
