@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .model import Generator, reference_channels
-from .utils import atomic_save, check_plain, refused_global, torch_file_problem, unwrap_module
+from .utils import atomic_save, check_plain, refused_global, safe_globals, torch_file_problem, unwrap_module
 
 CHECKPOINT_FORMAT = 1
 RESERVED_KEYS = ("format", "generator", "g_ema", "latent_avg", "meta")
@@ -177,7 +177,7 @@ def read_checkpoint(path, what="generator checkpoint", remedy=GENERATOR_REMEDY):
     """
     path = require_file(path, what, remedy)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+        with safe_globals([argparse.Namespace]), warnings.catch_warnings():
             # torch notes the protocol of plain pickles before refusing them; the error below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)

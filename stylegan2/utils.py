@@ -1,5 +1,6 @@
 """Small utilities shared by both packages: atomic saves, file hashes, progress bars, load errors."""
 
+import contextlib
 import hashlib
 import os
 import re
@@ -88,6 +89,20 @@ def refused_global(error):
     """The global (``"posix.system"``) that torch's tensors-only loader refused in ``error``, or None."""
     match = _REFUSED_GLOBAL.search(str(error))
     return match.group(1) if match else None
+
+
+def safe_globals(classes):
+    """A context in which ``torch.load(weights_only=True)`` also accepts ``classes``.
+
+    torch 2.5 and newer scope the allowance to the block
+    (``torch.serialization.safe_globals``); torch 2.4 has only the
+    process-wide ``add_safe_globals``, used there instead.
+    """
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is not None:
+        return scoped(classes)
+    torch.serialization.add_safe_globals(classes)
+    return contextlib.nullcontext()
 
 
 def without_torch_advice(text):

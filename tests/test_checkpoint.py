@@ -98,6 +98,25 @@ def test_reference_port_file_loads_with_inferred_config(tmp_path):
     assert torch.equal(render(loaded), render(g))
 
 
+@pytest.fixture
+def torch_2_4(monkeypatch):
+    """torch.serialization as torch 2.4 has it: no scoped ``safe_globals``, only the process-wide list."""
+    saved = torch.serialization.get_safe_globals()
+    monkeypatch.delattr(torch.serialization, "safe_globals", raising=False)
+    torch.serialization.clear_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(saved)
+
+
+def test_reference_port_file_with_its_options_loads_on_torch_2_4(tmp_path, torch_2_4):
+    g = tiny_generator()
+    path = reference_checkpoint(tmp_path / "ref.pt", g, torch.zeros(1, TINY["style_dim"]), args=argparse.Namespace(iter=7))
+    loaded, info = load_generator(path)
+    assert info["extra"]["args"]["iter"] == 7 and torch.equal(render(loaded), render(g))
+    assert argparse.Namespace in torch.serialization.get_safe_globals()
+
+
 def test_bare_state_dict_loads(tmp_path):
     g = tiny_generator()
     torch.save(g.state_dict(), tmp_path / "sd.pt")

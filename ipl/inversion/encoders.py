@@ -50,7 +50,7 @@ from stylegan2.checkpoint import (
     infer_generator_config,
     require_file,
 )
-from stylegan2.utils import refused_global, torch_file_problem
+from stylegan2.utils import refused_global, safe_globals, torch_file_problem
 
 from .networks import ENCODER_CLASSES, infer_encoder_config
 
@@ -235,7 +235,7 @@ def read_encoder_file(path):
     what = "e4e / ReStyle encoder checkpoint"
     path = require_file(path, what, ENCODER_REMEDY)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = refused_global(error)
