@@ -1,5 +1,6 @@
 """Image files in and out of tensors: listing a folder, reading one image at a model's resolution."""
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,25 @@ def list_images(folder, what="image folder"):
     return files
 
 
-def check_image(path):
-    """Raise :class:`UnreadableImageError` unless ``path`` is an image file PIL can open (header and checksums, no decoding)."""
+@contextlib.contextmanager
+def _opened(path):
+    """``PIL.Image.open(path)`` as a context, every failure (missing file, damaged data) an :class:`UnreadableImageError`."""
     path = Path(path)
     if not path.is_file():
         raise UnreadableImageError(f"{path}: {'a folder, not an image file' if path.is_dir() else 'no such file'}")
     try:
         with Image.open(path) as image:
-            image.verify()
+            yield image
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        # PIL's verify() reports some damage as SyntaxError (e.g. a broken PNG chunk).
+        # PIL reports some damage as SyntaxError (e.g. a broken PNG chunk).
         raise UnreadableImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
-    return path
+
+
+def check_image(path):
+    """Raise :class:`UnreadableImageError` unless ``path`` is an image file PIL can open (header and checksums, no decoding)."""
+    with _opened(path) as image:
+        image.verify()
+    return Path(path)
 
 
 def expand_image_paths(paths):
@@ -63,15 +71,9 @@ def load_photo(path):
     Raises:
         UnreadableImageError: missing file, or not an image PIL can decode.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UnreadableImageError(f"{path}: no such file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+    with _opened(path) as image:
+        image.load()
+        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def center_square(image):

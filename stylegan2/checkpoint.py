@@ -181,19 +181,22 @@ def read_checkpoint(path, what="generator checkpoint", remedy=GENERATOR_REMEDY):
             # torch notes the protocol of plain pickles before refusing them; the error below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = refused_global(e)
-        if refused:
-            raise _needs_code_error(path, refused, what, remedy) from None
-        if not zipfile.is_zipfile(path):
-            # A plain pickle: torch's safe loader stops at the first opcode it
-            # does not know, so find the global that makes it unsafe ourselves.
-            unsafe = [g for g in _pickle_globals(path) if not g.startswith(("torch.", "collections.OrderedDict"))]
-            if unsafe:
-                raise _needs_code_error(path, unsafe[0], what, remedy) from None
-        raise CheckpointError(f"{path} is not a readable {what} ({torch_file_problem(path, e)}). {remedy}") from None
     except Exception as e:  # the loader raises many types for damaged files
+        unsafe = _unsafe_global(path, e) if isinstance(e, pickle.UnpicklingError) else None
+        if unsafe:
+            raise _needs_code_error(path, unsafe, what, remedy) from None
         raise CheckpointError(f"{path} is not a readable {what} ({torch_file_problem(path, e)}). {remedy}") from None
+
+
+def _unsafe_global(path, error):
+    """The global that made torch's tensors-only loader refuse ``path`` (``error``), or None."""
+    refused = refused_global(error)
+    if refused or zipfile.is_zipfile(path):
+        return refused
+    # A plain pickle: torch's safe loader stops at the first opcode it does
+    # not know, so find the global that makes it unsafe ourselves.
+    unsafe = [g for g in _pickle_globals(path) if not g.startswith(("torch.", "collections.OrderedDict"))]
+    return unsafe[0] if unsafe else None
 
 
 # ----------------------------------------------------------------------------

@@ -233,11 +233,12 @@ def metric_consumers(networks, settings, *, references=None, lpips_images=False)
             device = module_device(networks.lpips)
             consumers["lpips_images"] = per_batch(lambda s, t: prepare(t, device, settings.lpips_size, antialias=True).cpu())
         else:
-            consumers["lpips"] = lambda stream: intra_cluster_lpips(networks, settings, _adapted_only(stream))
+            consumers["lpips"] = lambda stream: intra_cluster_lpips(networks, settings, _adapted_only(stream), settings.lpips_size)
     return consumers
 
 
-def intra_cluster_lpips(networks, settings, images, image_size="settings"):
+def intra_cluster_lpips(networks, settings, images, image_size):
+    """The intra-cluster LPIPS result of ``images``, resized to ``image_size`` first (None: as they are)."""
     from .. import metrics as M
 
     return M.compute_intra_cluster_lpips(
@@ -245,7 +246,7 @@ def intra_cluster_lpips(networks, settings, images, image_size="settings"):
         images,
         num_clusters=settings.lpips_clusters,
         max_per_cluster=settings.lpips_per_cluster,
-        image_size=settings.lpips_size if image_size == "settings" else image_size,
+        image_size=image_size,
     )
 
 
@@ -262,7 +263,7 @@ def metrics_of(raw, networks, settings, *, target_text=None):
         if name in raw:
             out[name] = torch.cat(raw[name]).mean().item()
     if "lpips_images" in raw:  # several ranks: clustered here, over the batches in order
-        raw["lpips"] = intra_cluster_lpips(networks, settings, raw["lpips_images"], image_size=None)
+        raw["lpips"] = intra_cluster_lpips(networks, settings, raw["lpips_images"], None)  # resized by each rank
     if "lpips" in raw:
         out["lpips_diversity"] = raw["lpips"].mean
         out["lpips_diversity_std"] = raw["lpips"].std
