@@ -291,19 +291,21 @@ def build_banks(configs, device, world=SINGLE, progress=True):
     from .config import resolve
     from .stages.stage1 import STAGE1_SCHEMES
 
-    done = set()
+    done, source, models = set(), None, None
     for config in configs:
         if config.generator.kind != "stylegan2" or config.prompt.scheme not in STAGE1_SCHEMES or config.stage1.images != "bank":
             continue
-        backend = StyleGAN2Backend(config, device)
-        clip_model = build_clip(config.clip, device)
+        if (config.generator, config.clip) != source:  # the plan lists the runs of one source together
+            models = None  # the previous source's models go before the next are loaded
+            source = (config.generator, config.clip)
+            models = StyleGAN2Backend(config, device), build_clip(config.clip, device)
+        backend, clip_model = models
         cache_dir = resolve(config).cache_dir
         path, _ = stage1_bank_path(config, cache_dir, backend.info, clip_model)
         if path not in done:
             log.info("source-feature bank %s", path)
             build_stage1_bank(config, cache_dir, backend.generator, backend.info, clip_model, backend.truncation_latent, progress=progress, world=world)
             done.add(path)
-        del backend, clip_model
 
 
 def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=None, world=SINGLE):

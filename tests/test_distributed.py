@@ -19,7 +19,7 @@ from ipl.backends.stylegan2 import build_bank, build_source_generator
 from ipl.clip import load_clip
 from ipl.distributed import World, parse_shard
 from ipl.evaluation.stream import batches
-from ipl.table1 import assign_runs
+from ipl.table1 import assign_runs, build_banks
 
 # -- who owns what ---------------------------------------------------------------
 
@@ -156,3 +156,39 @@ def test_evaluate_script_under_torchrun_writes_the_single_process_record(adapted
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert a["metrics"] == b["metrics"] and (a["world_size"], b["world_size"]) == (1, 2)
     assert two.stdout.count("written:") == 1  # rank 0 alone writes and prints
+
+
+def bank_configs(root):
+    """Two IPL runs of one tiny source (different targets: one bank) and a NADA run (no Stage 1, no bank)."""
+    base = [*TINY_OVERRIDES, f"cache_dir={root / 'cache'}"]
+    return [
+        config_lib.load_config(None, [*base, "prompt.target_class=tolkien elf"]),
+        config_lib.load_config(None, [*base, "prompt.target_class=werewolf"]),
+        config_lib.load_config(None, [*base, "prompt.scheme=manual"]),
+    ]
+
+
+def sweep_banks_job(world, root):
+    build_banks(bank_configs(root), "cpu", world, progress=False)
+    return {p.name: torch.load(p, weights_only=True) for p in sorted((root / "cache" / "banks").glob("bank-*.pt"))}
+
+
+def test_the_sweep_builds_each_bank_once_sharded_as_one_process_does(tmp_path, one_thread, monkeypatch):
+    import ipl.backends.stylegan2 as sg2
+
+    built = []
+
+    def counted(config, device):
+        built.append(config.prompt.target_class)
+        return sg2.backend.StyleGAN2Backend(config, device)
+
+    monkeypatch.setattr(sg2, "StyleGAN2Backend", counted)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = sweep_banks_job(distributed.SINGLE, tmp_path / "one")
+    assert built == ["tolkien elf"]  # the second run of the same source reuses the loaded models
+    sharded = run_ranks(sweep_banks_job, tmp_path / "two")
+    assert list(single) == list(sharded) and len(single) == 1
+    (name,) = single
+    assert torch.equal(single[name]["w"], sharded[name]["w"]) and torch.equal(single[name]["features"], sharded[name]["features"])
+    assert single[name]["w"].shape[0] == 6 * 4  # stage1.iterations x stage1.batch
