@@ -92,7 +92,7 @@ def diffusionclip_inversion(source, config):
     """Seconds of DiffusionCLIP's deterministic inversion of one image to x_{t_0} (with Diff-AE's encoder first)."""
     import numpy as np
 
-    from ipl.backends.diffae import diffusion
+    from ipl import diffusion
 
     dc = config.diffusionclip
     model = source.use_channels_last(False).eval()
@@ -110,7 +110,7 @@ def diffusionclip_steps(source, clip_model, config, *, per_step, warmup, iters):
     """Seconds of DiffusionCLIP's fine-tuning step on one image, ``warmup + iters`` times."""
     import numpy as np
 
-    from ipl.backends.diffae import diffusion
+    from ipl import diffusion
 
     dc = config.diffusionclip
     # One model in memory, trained in place, NCHW: as DiffusionCLIP runs.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ipl.backends.diffae import build_autoencoder
-from ipl.backends.diffae import diffusion as D
+from ipl import diffusion as D
 
 T = 1000
 

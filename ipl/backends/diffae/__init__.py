@@ -1,7 +1,7 @@
 """Diff-AE (diffusion autoencoder, Preechakul et al. CVPR 2022): network, schedule, DDIM walks, checkpoints.
 
 * :mod:`.model`: the semantic encoder and conditional UNet under diffae's state-dict names;
-* :mod:`.diffusion`: beta schedule, timestep respacing, one DDIM step and the loops
+* :mod:`ipl.diffusion` (shared with the DDPM backend): beta schedule, timestep respacing, one DDIM step and the loops
   (diffae's full walks, DiffusionCLIP's partial ones to ``t_0``);
 * :mod:`.autoencoder`: :class:`DiffusionAutoencoder`, the network with its schedule;
 * :mod:`.checkpoint`: diffae's released Lightning files and ours, read without running code;

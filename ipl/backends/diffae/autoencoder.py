@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from . import diffusion
+from ... import diffusion
 from .model import Architecture, AutoencoderUNet, get_architecture
 
 # Defaults of diffae's TrainConfig / autoenc_base template for the diffusion part.

@@ -11,7 +11,7 @@ the fine-tuned model's render of the same latents is the edit. With
 
 import torch
 
-from . import diffusion
+from ... import diffusion
 from .checkpoint import load_autoencoder
 
 

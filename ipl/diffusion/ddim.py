@@ -1,25 +1,10 @@
-"""Noise schedule, timestep respacing and DDIM loops, as plain functions.
+"""DDIM: one step and the walks of diffae and DiffusionCLIP, as plain functions.
 
-Nothing here knows the network: a loop takes ``eps_fn(x, t) -> eps``, where
-``t`` (B,) holds original timesteps 0..T-1, and a list of steps built from
-the schedule. Written from diffae's ``diffusion/base.py`` and
-``diffusion/diffusion.py`` and DiffusionCLIP's ``utils/diffusion_utils.py``
-(``denoising_step``) and ``diffusionclip.py``.
+Nothing here knows a network: a walk takes ``eps_fn(x, t) -> eps``, where
+``t`` (B,) holds original timesteps 0..T-1, and a list of :class:`Step` built
+from a schedule (:mod:`ipl.diffusion.schedule`). Both diffusion backends
+(Diff-AE conditioned on z_sem, the plain DDPM) use these.
 
-Facts carried over:
-
-* diffae's ``linear`` schedule: ``betas = linspace(1e-4 s, 0.02 s, T)`` in
-  float64 with ``s = 1000 / T``; ``alphas_cumprod = cumprod(1 - betas)``.
-* diffae samples with ``T_eval`` (or the ``T`` argument of ``render`` /
-  ``encode_stochastic``) steps through ``space_timesteps(T, "ddim<N>")``:
-  the kept timesteps are ``range(0, T, k)`` for the smallest integer stride
-  k giving exactly N of them (so only some N are possible: for T = 1000,
-  20, 30, 50, 100, 250 or 1000 work, 300 does not). The spaced process recomputes its betas from
-  the kept ``alphas_cumprod`` and multiplies them again, which gives back
-  ``alphas_cumprod[kept]`` (to float64 rounding). Its network is called with
-  the original timestep of each spaced index (``_WrappedModel``'s map);
-  ``rescale_timesteps`` is False in every released config, so the network
-  sees the integer timestep itself.
 * diffae's DDIM step (``ddim_sample`` / ``ddim_reverse_sample`` with
   ``clip_denoised=True``, the default of both ``render`` and
   ``encode_stochastic``): ``x0 = sqrt(1/a) x_t - sqrt(1/a - 1) eps``,
@@ -34,114 +19,24 @@ Facts carried over:
   noise predictor: the inversion starts from the image as if it were
   x at timestep 0 and ends at alpha 0, the sampler starts at the last kept
   timestep and ends at alpha 1.
-* DiffusionCLIP's partial schedule to ``t_0`` in n steps: ``seq = [int(s)
-  for s in linspace(0, 1, n) * t_0]``; the inversion (eta 0) steps over
-  ``(seq[k-1], seq[k])`` for k = 1..n-1 (n - 1 steps, the image taken as x
-  at timestep 0); the generation steps over ``reversed(seq)`` paired with
-  ``reversed([-1] + seq[:-1])`` (n steps, the last one from timestep 0 to
-  alpha 1). Its step does not clamp x0 and uses eps as predicted; it takes
-  its alphas as float32 cumulative products, here they are diffae's
-  float64 ones. ``n = 0`` is DiffusionCLIP's "no skip" (every timestep
-  below ``t_0``), used for its training schedule.
+* DiffusionCLIP's walks to and from ``t_0`` over ``seq`` (see
+  :func:`~ipl.diffusion.schedule.partial_timesteps`): the inversion (eta 0)
+  steps over ``(seq[k-1], seq[k])`` for k = 1..n-1 (n - 1 steps, the image
+  taken as x at timestep 0); the generation steps over ``reversed(seq)``
+  paired with ``reversed([-1] + seq[:-1])`` (n steps, the last one from
+  timestep 0 to alpha 1). Its step does not clamp x0 and uses eps as
+  predicted (``clip_x0=False``).
 """
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterator, List, NamedTuple, Sequence, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Sequence
 
-import numpy as np
 import torch
 from torch.utils import checkpoint as grad_checkpoint
 
+from .schedule import Schedule, partial_timesteps
+
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-# ----------------------------------------------------------------------------
-# Noise schedule and respacing
-
-
-def linear_betas(T=1000):
-    """diffae's ``linear`` beta schedule (float64, (T,)): Ho et al.'s 1e-4..0.02, scaled by 1000 / T."""
-    scale = 1000 / T
-    return np.linspace(scale * 0.0001, scale * 0.02, T, dtype=np.float64)
-
-
-def beta_schedule(name, T=1000):
-    """The betas (float64, (T,)) of a schedule by diffae's ``beta_scheduler`` name."""
-    if name != "linear":
-        raise ValueError(f"beta schedule {name!r}: only diffae's 'linear' schedule (that of every released model) is implemented")
-    return linear_betas(T)
-
-
-def alphas_cumprod(betas):
-    """``cumprod(1 - betas)`` in float64, (T,)."""
-    return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
-
-
-def space_timesteps(T, n_steps):
-    """diffae's ``space_timesteps(T, "ddim<n_steps>")``: the kept original timesteps, ascending.
-
-    ``range(0, T, k)`` for the smallest stride k >= 1 that keeps exactly
-    ``n_steps`` timesteps.
-
-    Raises:
-        ValueError: no integer stride gives ``n_steps`` (the message lists
-            the nearest counts that work).
-    """
-    for stride in range(1, T):
-        if len(range(0, T, stride)) == n_steps:
-            return list(range(0, T, stride))
-    possible = sorted({len(range(0, T, k)) for k in range(1, T)})
-    below = max((n for n in possible if n < n_steps), default=None)
-    above = min((n for n in possible if n > n_steps), default=None)
-    near = ", ".join(str(n) for n in (below, above) if n is not None)
-    raise ValueError(
-        f"{n_steps} DDIM steps: diffae's spacing keeps range(0, {T}, k) for an integer stride k, "
-        f"which never gives {n_steps} timesteps; the nearest step counts that work are {near}"
-    )
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A respaced DDIM schedule.
-
-    Attributes:
-        timesteps: Original timestep of each spaced index, ascending (what the network is given).
-        alphas_cumprod: Cumulative alpha (float64) at each of them.
-        T: Length of the original process.
-    """
-
-    timesteps: Tuple[int, ...]
-    alphas_cumprod: Tuple[float, ...]
-    T: int
-
-    def __len__(self):
-        return len(self.timesteps)
-
-
-def respace(full_alphas_cumprod, n_steps):
-    """The :class:`Schedule` diffae samples with when asked for ``n_steps`` steps (``_make_diffusion_conf(T=n_steps)``)."""
-    full = np.asarray(full_alphas_cumprod, dtype=np.float64)
-    kept = space_timesteps(len(full), n_steps)
-    # diffae's SpacedDiffusion: betas of the kept steps from consecutive kept
-    # alphas, then their cumulative product again (equal to full[kept] up to
-    # float64 rounding; done the same way so the coefficients are the same).
-    betas, last = [], 1.0
-    for t in kept:
-        betas.append(1.0 - full[t] / last)
-        last = full[t]
-    spaced = alphas_cumprod(betas)
-    return Schedule(tuple(kept), tuple(float(a) for a in spaced), len(full))
-
-
-def partial_timesteps(t_0, n_steps):
-    """DiffusionCLIP's timesteps up to ``t_0``: ``[int(s) for s in linspace(0, 1, n_steps) * t_0]``.
-
-    ``n_steps = 0`` gives every timestep ``0..t_0-1`` (its "no skip" training schedule).
-    """
-    if n_steps == 0:
-        return list(range(t_0))
-    return [int(s) for s in np.linspace(0, 1, n_steps) * t_0]
 
 
 # ----------------------------------------------------------------------------
