@@ -9,9 +9,10 @@ status is 1 when any of them fails, 0 otherwise:
 1. ``ops``: builds the CUDA ops, runs their self-checks, and compares the
    compiled ops with the references (outputs and gradients) on random inputs
    of every shape the 1024 px generator gives them.
-2. ``golden``: the golden generator (``shared/fixtures/stylegan2``) on every
-   computation path the device offers; without the fixture, every path
-   against the CPU reference path of the same network.
+2. ``golden``: the golden generator (``tests/fixtures/stylegan2``) on every
+   computation path the device offers; without the fixture (a copy of the
+   scripts alone), every path against the CPU reference path of the same
+   network.
 3. ``tiny``: the tiny configs end to end, finite outputs, and a run
    interrupted in each stage and resumed ends with the tensors of an
    uninterrupted one.
@@ -64,7 +65,7 @@ from stylegan2.ops import _build, _extension, fused_leaky_relu_ref, upfirdn2d_re
 from stylegan2.ops._extension import OpFallbackWarning  # noqa: E402
 
 SECTIONS = ("ops", "golden", "tiny", "timing")
-FIXTURE = Path("fixtures") / "stylegan2" / "golden_64_cm1.pt"
+FIXTURE = REPO / "tests" / "fixtures" / "stylegan2" / "golden_64_cm1.pt"
 REFERENCE_PATH = ("grouped", "fast", "ref")  # the reference port's own computation
 TINY_CONFIGS = ("tiny.yaml", "tiny_diffae.yaml")
 PAPER_TIME = "10~20 minutes on one RTX 3090 (both stages, the authors' code)"
@@ -339,16 +340,6 @@ def check_ops(device, quick):
 # 2. Golden outputs
 
 
-def shared_dir():
-    """``$IPL_SHARED``, else ``shared`` beside the checkout, else ``shared`` inside it."""
-    if os.environ.get("IPL_SHARED"):
-        return Path(os.environ["IPL_SHARED"])
-    for candidate in (REPO.parent / "shared", REPO / "shared"):
-        if candidate.is_dir():
-            return candidate
-    return REPO.parent / "shared"
-
-
 @contextlib.contextmanager
 def ops_mode(mode):
     """``IPL_OPS=ref`` (``mode="ref"``) or unset (``"compiled"``) for the block; every op call reads it."""
@@ -418,14 +409,14 @@ def wplus_gradient(g, d, dy):
 
 
 def check_golden(device, quick):
-    path = shared_dir() / FIXTURE
+    path = FIXTURE
     calls = ["out_z"] if quick else list(GOLDEN_CALLS)
     if path.is_file():
         data = torch.load(path, map_location="cpu", weights_only=True)
         g_cpu = golden_generator(data["size"], data["channel_multiplier"])
         against = f"the fixture {path}"
     else:
-        say("golden", f"fixture not found at {path} (set IPL_SHARED): comparing every path with the CPU reference path of the same golden-filled network instead")
+        say("golden", f"fixture not found at {path}: comparing every path with the CPU reference path of the same golden-filled network instead")
         g_cpu = golden_generator()
         data = golden_inputs(g_cpu)
         against = "the CPU reference path (no fixture)"

@@ -1,6 +1,6 @@
 """The deterministic "golden" generator of the reference fixtures.
 
-``shared/fixtures/stylegan2/golden_64_cm1.pt`` holds the outputs of the
+``tests/fixtures/stylegan2/golden_64_cm1.pt`` holds the outputs of the
 reference PyTorch port for a ``Generator(64, 512, 8, channel_multiplier=1)``
 whose parameters follow a fill rule (the fixture's README gives it). The rule
 and the calls live here, beside the generator, so that the tests and

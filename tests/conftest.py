@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -7,20 +6,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_dir():
-    """The reference data folder that CI places beside the checkout."""
-    return Path(os.environ.get("IPL_SHARED", REPO.parent / "shared"))
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared():
-    path = shared_dir()
-    if not (path / "fixtures").is_dir():
-        pytest.fail(
-            f"reference fixtures not found at {path}/fixtures: these tests need the "
-            "'shared' folder beside the checkout (or IPL_SHARED pointing at it)"
-        )
-    return path
+def fixtures():
+    """The reference data of the tests (``tests/fixtures``, part of the repository)."""
+    return FIXTURES
 
 
 @pytest.fixture(autouse=True)

@@ -134,8 +134,8 @@ def test_channel_multiplier_below_64_defaults_to_2_and_builds_the_same_network(t
 
 
 @pytest.mark.parametrize("manifest", ["1024_cm2", "512_cm2", "256_cm2", "256_cm1"])
-def test_config_inferred_from_the_reference_manifests(shared, manifest):
-    data = json.loads((shared / "fixtures" / "stylegan2" / f"generator_keys_{manifest}.json").read_text())
+def test_config_inferred_from_the_reference_manifests(fixtures, manifest):
+    data = json.loads((fixtures / "stylegan2" / f"generator_keys_{manifest}.json").read_text())
     state = {e["key"]: torch.empty(e["shape"], device="meta") for e in data["state_dict"]}
     config = infer_generator_config(state)
     for key in ("size", "style_dim", "n_mlp", "channel_multiplier"):
@@ -145,8 +145,8 @@ def test_config_inferred_from_the_reference_manifests(shared, manifest):
     assert [(k, tuple(v.shape)) for k, v in built.items()] == [(e["key"], tuple(e["shape"])) for e in data["state_dict"]]
 
 
-def test_reference_port_file_of_the_golden_network_reproduces_its_outputs(shared, tmp_path):
-    golden = torch.load(shared / "fixtures" / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
+def test_reference_port_file_of_the_golden_network_reproduces_its_outputs(fixtures, tmp_path):
+    golden = torch.load(fixtures / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
     template = Generator(64, 512, 8, channel_multiplier=1)
     state = template.state_dict()
     for name, _ in template.named_parameters():

@@ -287,20 +287,20 @@ def test_table_has_the_paper_layout_plus_our_columns():
     ]  # fmt: skip
 
 
-def _reference_table(shared):
-    """Table 1 as REFERENCE.md lists it: {'FFHQ Photo→Disney': [IS NADA, IS IPL, SCS.., ID..]}."""
+def _reference_table(fixtures):
+    """Table 1 as transcribed by hand: {'FFHQ Photo→Disney': [IS NADA, IS IPL, SCS.., ID..]}."""
     rows = {}
-    for line in (shared / "REFERENCE.md").read_text().splitlines():
+    for line in (fixtures / "paper" / "table1_reference.md").read_text().splitlines():
         m = re.match(r"\| ((?:FFHQ|AFHQ) [^|]+?) \| ([\d. |]+)\|$", line)
         if m:
             rows[m.group(1).replace("->", "→")] = [float(x) for x in m.group(2).split("|")]
     return rows
 
 
-def _paper_sifid(shared):
-    """SIFID columns of Table 1 in the paper's text: {'Photo→Disney': [12 numbers]}."""
+def _paper_sifid(fixtures):
+    """Table 1's rows in the paper's extracted text: {'Photo→Disney': [12 numbers]}."""
     rows = {}
-    for line in (shared / "paper" / "ipl_cvpr2023_paper.txt").read_text().splitlines():
+    for line in (fixtures / "paper" / "table1_paper_text.tsv").read_text().splitlines():
         cells = [c.strip() for c in line.split("\t")]
         task = next((c for c in cells if "→" in c), None)
         numbers = [c for c in cells if re.fullmatch(r"\d+\.\d{3}", c)]
@@ -309,8 +309,8 @@ def _paper_sifid(shared):
     return rows
 
 
-def test_paper_numbers_match_the_reference_and_the_paper_text(shared):
-    reference, paper = _reference_table(shared), _paper_sifid(shared)
+def test_paper_numbers_match_the_reference_and_the_paper_text(fixtures):
+    reference, paper = _reference_table(fixtures), _paper_sifid(fixtures)
     assert len(reference) == 10 and len(paper) == 10
     for key, (dataset, task, is_, scs, id_, sifid_nada, sifid_ipl) in T.PAPER_TABLE1.items():
         assert reference[f"{dataset} {task}"] == [*is_, *scs, *id_], key
@@ -321,7 +321,7 @@ def test_paper_numbers_match_the_reference_and_the_paper_text(shared):
     assert sorted(T.PAPER_TABLE1) == sorted(table1)
 
 
-def test_table1_keeps_the_lambda_with_the_better_is_and_reports_differences(shared):
+def test_table1_keeps_the_lambda_with_the_better_is_and_reports_differences(fixtures):
     runs = T.plan_table1(["ffhq_disney"], E.EvalSettings(), runs_root="r")
     records = {
         "ffhq_disney_nada": {"metrics": {"is": 2.5, "scs": 0.4, "id": 0.7}},
@@ -332,7 +332,7 @@ def test_table1_keeps_the_lambda_with_the_better_is_and_reports_differences(shar
     row = summary["ffhq_disney"]
     assert row["ipl_lambda"] == "10" and row["ipl"] == records["ffhq_disney_ipl_lambda10"]["metrics"]
     md = T.table1_markdown(summary)
-    paper_is = _reference_table(shared)["FFHQ Photo→Disney"][:2]
+    paper_is = _reference_table(fixtures)["FFHQ Photo→Disney"][:2]
     diff_section = md.split("## Ours − paper")[1].split("##")[0]
     assert f"| FFHQ Photo→Disney | {2.5 - paper_is[0]:+.3f} | {3.1 - paper_is[1]:+.3f} |" in diff_section
     ours_section = md.split("## Ours\n")[1].split("##")[0]

@@ -43,14 +43,14 @@ def path_id(path):
 # The reference port's parameter layout.
 
 
-def test_every_manifest_is_checked(shared):
-    found = sorted(p.name for p in (shared / "fixtures" / "stylegan2").glob("generator_keys_*.json"))
+def test_every_manifest_is_checked(fixtures):
+    found = sorted(p.name for p in (fixtures / "stylegan2").glob("generator_keys_*.json"))
     assert found == sorted(MANIFESTS)
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS)
-def test_state_dict_keys_shapes_and_kinds_match_the_reference(shared, manifest):
-    spec = json.loads((shared / "fixtures" / "stylegan2" / manifest).read_text())
+def test_state_dict_keys_shapes_and_kinds_match_the_reference(fixtures, manifest):
+    spec = json.loads((fixtures / "stylegan2" / manifest).read_text())
     g = Generator(spec["size"], spec["style_dim"], spec["n_mlp"], channel_multiplier=spec["channel_multiplier"])
     parameters = {name for name, _ in g.named_parameters()}
     buffers = {name for name, _ in g.named_buffers()}
@@ -68,8 +68,8 @@ def test_state_dict_keys_shapes_and_kinds_match_the_reference(shared, manifest):
 
 
 @pytest.fixture(scope="module")
-def golden(shared):
-    data = torch.load(shared / "fixtures" / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
+def golden(fixtures):
+    data = torch.load(fixtures / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
     return golden_generator(data["size"], data["channel_multiplier"]), data
 
 

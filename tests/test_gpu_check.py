@@ -72,7 +72,7 @@ def test_quick_report_has_every_section_with_finite_numbers(quick):
     assert s["ops"]["status"] == "skip"
 
     golden = s["golden"]
-    assert golden["status"] == "pass" and golden["against"].startswith("the fixture ")  # CI has ../shared
+    assert golden["status"] == "pass" and golden["against"].startswith("the fixture ")  # tests/fixtures is in the repository
     assert len(golden["paths"]) >= 9 and all(p["ok"] for p in golden["paths"])
     assert finite(golden["max_error"]) and golden["max_error"] < 1e-3
 
@@ -191,11 +191,11 @@ def test_resume_comparison_is_bit_for_bit_or_within_the_measured_run_to_run_nois
     assert gc.interrupt_step(100, 50) == 75 and gc.interrupt_step(6, 3) == 4 and gc.interrupt_step(1, 1) is None
 
 
-def test_golden_inputs_made_by_the_fill_rule_are_the_fixtures(shared):
+def test_golden_inputs_made_by_the_fill_rule_are_the_fixtures(fixtures):
     # gpu_check's stand-in when the fixture is missing: the same inputs, by the README's rule.
     from stylegan2.golden import golden_generator, golden_inputs
 
-    data = torch.load(shared / "fixtures" / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
+    data = torch.load(fixtures / "stylegan2" / "golden_64_cm1.pt", weights_only=True)
     made = golden_inputs(golden_generator(data["size"], data["channel_multiplier"]))
     for name in ("z", "z2", "w", "wplus"):
         assert torch.equal(made[name], data[name]), name

@@ -351,7 +351,7 @@ def test_converted_generator_matches_nvidia_forward(tmp_path, resolution):
     torch.testing.assert_close(ours_wplus, expected_wplus, rtol=1e-4, atol=1e-4)
 
 
-def test_real_layout_names_map_onto_the_reference_manifests(shared):
+def test_real_layout_names_map_onto_the_reference_manifests(fixtures):
     """Full-size NVIDIA tensor names and shapes (config-f formulas), mapped, equal the reference keys."""
     for resolution, manifest in [(1024, "1024_cm2"), (512, "512_cm2")]:
         nv = {}
@@ -382,7 +382,7 @@ def test_real_layout_names_map_onto_the_reference_manifests(shared):
         state, latent_avg, filters = nvidia_to_reference(tensors)
         assert latent_avg.shape == (512,) and len(filters) == 1 + 3 * (len(channels) - 1) + 1
 
-        data = json.loads((shared / "fixtures" / "stylegan2" / f"generator_keys_{manifest}.json").read_text())
+        data = json.loads((fixtures / "stylegan2" / f"generator_keys_{manifest}.json").read_text())
         kernels = {e["key"] for e in data["state_dict"] if e["key"].endswith("kernel")}
         expected = {e["key"]: tuple(e["shape"]) for e in data["state_dict"] if e["key"] not in kernels}
         assert {k: tuple(v.shape) for k, v in state.items()} == expected
