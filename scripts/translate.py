@@ -5,8 +5,9 @@
     python scripts/translate.py --ckpt G.pt --images aligned/*.png --aligned --alpha 0.5 --outdir out/half
     python scripts/translate.py --ckpt runs/diffae_elf/autoencoder.pt --images photos/*.jpg --outdir out/diff_elf
 
-Faces are aligned as FFHQ was (dlib landmarks; pip install dlib) unless
---aligned. StyleGAN2 runs invert with ReStyle-e4e (default, 5 iterations),
+Faces are aligned as FFHQ was (dlib landmarks; pip install -e ".[photos]")
+unless --aligned: the face dlib scores highest, or every face with
+--all-faces. StyleGAN2 runs invert with ReStyle-e4e (default, 5 iterations),
 e4e, or NVIDIA's projection (from w_avg in W, or from --encoder's code in
 W+); the encoder files come from Google Drive (pip install gdown to fetch
 them, or see the message for the page). A Diff-IPL run inverts with its
@@ -16,6 +17,7 @@ beside the grids.
 """
 
 import argparse
+import math
 
 from ipl import cli
 from ipl.config import ConfigError
@@ -33,6 +35,8 @@ def parse_args():
     p.add_argument("--outdir", required=True)
     p.add_argument("--invert", choices=INVERSIONS, help="how photos become codes (default: restyle for StyleGAN2, diffae for a Diff-IPL run)")
     p.add_argument("--aligned", action="store_true", help="the photos are FFHQ-aligned already (no landmark detection)")
+    p.add_argument("--all-faces", action="store_true", help="translate every face of a photo, each in its own row <photo>_face<k> (default: the face dlib scores highest)")
+    p.add_argument("--min-face-score", type=float, default=0.0, metavar="S", help="ignore faces dlib scores below S (default 0: every face it reports; raise it to drop weak detections)")
     p.add_argument("--alpha", type=float, default=1.0, help="blend, A in [0, 1] (default 1): StyleGAN2 weights (1-A) source + A adapted; Diff-IPL noise predictions likewise (DiffusionCLIP's model_ratio)")
     p.add_argument("--encoder", help="e4e / ReStyle checkpoint (default: the FFHQ file of --invert); with project: start from its code")
     p.add_argument(
@@ -51,6 +55,10 @@ def parse_args():
     args = p.parse_args()
     if not 0.0 <= args.alpha <= 1.0:
         p.error(f"--alpha must be in [0, 1] (0 = source, 1 = adapted), got {args.alpha}")
+    if args.aligned and (args.all_faces or args.min_face_score != 0.0):
+        p.error("--all-faces and --min-face-score choose among detected faces; --aligned photos are not searched for faces")
+    if not math.isfinite(args.min_face_score):
+        p.error(f"--min-face-score must be a finite number, got {args.min_face_score}")
     if args.iterations is not None and args.invert in ("e4e", "diffae"):
         p.error(f"--iterations is for ReStyle; {args.invert} encodes in one pass")
     for flag, value in (("--steps", args.steps), ("--space", args.space), ("--seed", args.seed), ("--distance", args.distance)):
@@ -91,7 +99,9 @@ def main():
         device=choose_device(args.device),
         progress=not args.no_progress,
     )
-    summary = translate_photos(args.images, args.outdir, translator, aligned=args.aligned)
+    summary = translate_photos(
+        args.images, args.outdir, translator, aligned=args.aligned, all_faces=args.all_faces, min_face_score=args.min_face_score
+    )
     print(f"{len(summary.done)} photo(s) translated into {args.outdir}" + (f"; grid: {summary.grid}" if summary.grid else ""))
     for item in summary.skipped:
         print(f"skipped: {item['reason']}")

@@ -9,10 +9,13 @@ import pytest
 from PIL import Image
 
 from ipl.inversion.align import (
+    DetectedFace,
     FaceNotFoundError,
     LandmarkDetector,
     MissingDependencyError,
     align_face,
+    align_photo,
+    best_face,
     crop_quad,
     import_dlib,
 )
@@ -145,8 +148,10 @@ def test_missing_dlib_says_how_to_install_it_or_skip_alignment(monkeypatch):
     assert "pip install dlib" in str(error.value) and "--aligned" in str(error.value)
 
 
-def fake_dlib(faces):
-    """A stand-in for dlib: a detector that returns ``faces`` and a predictor that reads them back."""
+def fake_dlib(faces, scores=None):
+    """A stand-in for dlib: a detector reporting ``faces`` (with ``scores``) and a predictor that reads them back."""
+    scores = [1.0] * len(faces) if scores is None else scores
+
     class Point:
         def __init__(self, x, y):
             self.x, self.y = x, y
@@ -160,31 +165,59 @@ def fake_dlib(faces):
 
     calls = {}
 
-    def get_frontal_face_detector():
-        def detect(image, upsample):
-            calls["detect"] = (image.shape, image.dtype, upsample)
+    class Detector:
+        def __call__(self, image, upsample):  # the recipe's call: rectangles only
             return list(range(len(faces)))
 
-        return detect
+        def run(self, image, upsample, adjust_threshold):
+            calls["detect"] = (image.shape, image.dtype, upsample, adjust_threshold)
+            return list(range(len(faces))), list(scores), [0] * len(faces)
 
     def shape_predictor(path):
         calls["model"] = path
         return lambda image, face: Shape(faces[face])
 
-    return types.SimpleNamespace(get_frontal_face_detector=get_frontal_face_detector, shape_predictor=shape_predictor), calls
+    return types.SimpleNamespace(get_frontal_face_detector=Detector, shape_predictor=shape_predictor), calls
 
 
-def test_detector_reads_the_model_file_and_keeps_the_last_face(tmp_path, monkeypatch):
+def test_detector_reads_the_model_file_and_reports_every_face_with_its_score(tmp_path, monkeypatch):
     model = tmp_path / "shape_predictor_68_face_landmarks.dat"
     model.write_bytes(b"model")
     first, last = canonical_landmarks(100, 100).astype(int), canonical_landmarks(300, 280).astype(int)
-    module, calls = fake_dlib([first, last])
+    module, calls = fake_dlib([first, last], scores=[0.25, 1.5])
     monkeypatch.setitem(sys.modules, "dlib", module)
     detector = LandmarkDetector(model)
-    landmarks = detector(Image.new("RGB", (50, 40)))
-    assert calls["model"] == str(model) and calls["detect"] == ((40, 50, 3), np.uint8, 1)
-    np.testing.assert_array_equal(landmarks, last)  # the recipe's loop leaves the last detection
+    faces = detector.detect(Image.new("RGB", (50, 40)))
+    # dlib's run(image, 1, 0) reports the detections of the recipe's detector(image, 1), with scores.
+    assert calls["model"] == str(model) and calls["detect"] == ((40, 50, 3), np.uint8, 1, 0.0)
+    assert [(f.index, f.score) for f in faces] == [(0, 0.25), (1, 1.5)]
+    np.testing.assert_array_equal(faces[0].landmarks, first)
+    np.testing.assert_array_equal(faces[1].landmarks, last)
 
     monkeypatch.setitem(sys.modules, "dlib", fake_dlib([])[0])
     with pytest.raises(FaceNotFoundError, match="no face"):
         LandmarkDetector(model)(Image.new("RGB", (50, 40)))
+
+
+def test_the_face_dlib_scores_highest_is_used_not_the_last_one(tmp_path, monkeypatch):
+    # A busy photo: a weak detection before the face and another (a badge) after it.
+    model = tmp_path / "shape_predictor_68_face_landmarks.dat"
+    model.write_bytes(b"model")
+    poster, face, badge = (canonical_landmarks(cx, cy).astype(int) for cx, cy in ((90, 80), (300, 280), (420, 500)))
+    monkeypatch.setitem(sys.modules, "dlib", fake_dlib([poster, face, badge], scores=[0.31, 2.07, 0.12])[0])
+    np.testing.assert_array_equal(LandmarkDetector(model)(Image.new("RGB", (50, 40))), face)  # the recipe would take the badge
+    faces = [DetectedFace(face, 0.5, 0), DetectedFace(badge, 0.5, 1)]
+    assert best_face(faces).index == 1  # ties: the later one, as the recipe's loop leaves it
+    assert best_face([DetectedFace(face, 0.2, 0)]).index == 0  # one face: the recipe's face
+    with pytest.raises(FaceNotFoundError):
+        best_face([])
+
+
+def test_one_face_photos_align_exactly_as_the_recipe(tmp_path, monkeypatch):
+    model = tmp_path / "shape_predictor_68_face_landmarks.dat"
+    model.write_bytes(b"model")
+    lm = canonical_landmarks()
+    monkeypatch.setitem(sys.modules, "dlib", fake_dlib([lm], scores=[0.05])[0])
+    photo = render(640)
+    aligned = align_photo(photo, LandmarkDetector(model), output_size=64, transform_size=256)
+    assert np.array_equal(np.asarray(aligned), np.asarray(align_face(photo, lm, output_size=64, transform_size=256)))

@@ -12,8 +12,9 @@ from inversion_checkpoints import DECODER, save_checkpoint
 from PIL import Image
 
 from ipl import cli
-from ipl.inversion import FaceNotFoundError, MissingDependencyError, load_encoder
-from ipl.inversion.align import align_face
+from ipl.images import load_photo
+from ipl.inversion import MissingDependencyError, load_encoder
+from ipl.inversion.align import DetectedFace, align_face
 from ipl.inversion.images import center_square, encoder_input
 from ipl.inversion.translate import (
     StyleGAN2Translator,
@@ -139,27 +140,80 @@ def translator(files, **kw):
     return StyleGAN2Translator(files["source"], files["adapted"], inversion="project", steps=2, distance=mse, progress=False, **kw)
 
 
-def test_photos_are_aligned_with_the_detector_and_faceless_ones_are_skipped(files, tmp_path):
-    photo = Image.fromarray(np.uint8(np.random.default_rng(1).integers(0, 256, (120, 100, 3))))
-    photo.save(tmp_path / "face.png")
-    photo.save(tmp_path / "empty.png")
+def face_landmarks(dx=0.0):
     landmarks = np.zeros((68, 2))
-    landmarks[36:42], landmarks[42:48] = [40, 50], [60, 50]
-    landmarks[48], landmarks[54] = [43, 80], [57, 80]
+    landmarks[36:42], landmarks[42:48] = [40 + dx, 50], [60 + dx, 50]
+    landmarks[48], landmarks[54] = [43 + dx, 80], [57 + dx, 80]
+    return landmarks
 
-    def detector(image):
-        if detector.calls == 1:
-            raise FaceNotFoundError("no face found by the test detector")
-        detector.calls += 1
-        return landmarks
 
-    detector.calls = 0
+class StubDetector:
+    """``detect`` returns the given faces per photo file name (synthetic detections)."""
+
+    def __init__(self, faces):
+        self.faces = faces
+
+    def detect(self, image):
+        return self.faces[image.info["name"]]
+
+
+def save_photo(path, seed=1):
+    photo = Image.fromarray(np.uint8(np.random.default_rng(seed).integers(0, 256, (120, 100, 3))))
+    photo.save(path, pnginfo=_name(path.stem))
+    return load_photo(path)
+
+
+def _name(stem):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("name", stem)
+    return info
+
+
+def test_photos_are_aligned_with_the_detector_and_faceless_ones_are_skipped(files, tmp_path):
+    photo = save_photo(tmp_path / "face.png")
+    save_photo(tmp_path / "empty.png")
+    landmarks = face_landmarks()
+    detector = StubDetector({"face": [DetectedFace(landmarks, 1.2, 0)], "empty": []})
     summary = translate_photos([tmp_path / "face.png", tmp_path / "empty.png"], tmp_path / "out", translator(files), detector=detector)
     assert [d["name"] for d in summary.done] == ["face"]
-    assert summary.skipped == [{"image": str(tmp_path / "empty.png"), "reason": f"{tmp_path / 'empty.png'}: no face found by the test detector"}]
+    assert summary.skipped == [{"image": str(tmp_path / "empty.png"), "reason": f"{tmp_path / 'empty.png'}: no face found by dlib's frontal face detector"}]
     # The face was aligned by the FFHQ recipe, at 256 px (the encoders' size; the generator is smaller).
     expected = np.asarray(align_face(photo, landmarks, output_size=256))
     assert np.array_equal(read_png(tmp_path / "out" / "aligned" / "face.png"), expected)
+
+
+def test_the_best_scoring_face_is_translated_and_translate_json_says_which(files, tmp_path):
+    photo = save_photo(tmp_path / "group.png")
+    faces = [DetectedFace(face_landmarks(-15), 0.4, 0), DetectedFace(face_landmarks(0), 1.9, 1), DetectedFace(face_landmarks(15), 0.1, 2)]
+    summary = translate_photos([tmp_path / "group.png"], tmp_path / "out", translator(files), detector=StubDetector({"group": faces}))
+    assert [d["name"] for d in summary.done] == ["group"]
+    aligned = read_png(tmp_path / "out" / "aligned" / "group.png")
+    assert np.array_equal(aligned, np.asarray(align_face(photo, faces[1].landmarks, output_size=256)))
+    assert not np.array_equal(aligned, np.asarray(align_face(photo, faces[2].landmarks, output_size=256)))  # the recipe's last
+    report = json.loads((tmp_path / "out" / "translate.json").read_text())
+    assert report["settings"]["faces"] == "best" and report["settings"]["min_face_score"] == 0.0
+    assert {k: report["done"][0][k] for k in ("faces_found", "face", "score")} == {"faces_found": 3, "face": 1, "score": 1.9}
+
+
+def test_all_faces_gives_each_face_above_the_threshold_its_own_row(files, tmp_path):
+    photo = save_photo(tmp_path / "group.png")
+    save_photo(tmp_path / "weak.png", seed=2)
+    faces = [DetectedFace(face_landmarks(-15), 0.4, 0), DetectedFace(face_landmarks(0), 1.9, 1), DetectedFace(face_landmarks(15), 0.1, 2)]
+    detector = StubDetector({"group": faces, "weak": [DetectedFace(face_landmarks(), 0.2, 0)]})
+    summary = translate_photos(
+        [tmp_path / "group.png", tmp_path / "weak.png"], tmp_path / "out", translator(files), detector=detector,
+        all_faces=True, min_face_score=0.3,
+    )  # fmt: skip
+    assert [(d["name"], d["face"], d["faces_found"]) for d in summary.done] == [("group_face0", 0, 3), ("group_face1", 1, 3)]
+    for k in (0, 1):
+        expected = np.asarray(align_face(photo, faces[k].landmarks, output_size=256))
+        assert np.array_equal(read_png(tmp_path / "out" / "aligned" / f"group_face{k}.png"), expected)
+    assert not (tmp_path / "out" / "group_face2.png").exists()
+    assert len(summary.skipped) == 1 and "none scoring at least 0.3 (best 0.200)" in summary.skipped[0]["reason"]
+    cell = 32 + 2  # the tiny generator's 32 px cells and the grid's padding
+    assert read_png(summary.grid).shape[0] == 2 * cell + 2  # one row per face
 
 
 def test_without_dlib_alignment_fails_once_with_the_way_out(files, tmp_path, monkeypatch, capsys):

