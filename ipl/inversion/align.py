@@ -196,8 +196,8 @@ def import_dlib():
         import dlib
     except ImportError:
         raise MissingDependencyError(
-            "aligning faces needs dlib's face landmark detector, which is not installed: pip install dlib "
-            "(or pip install -e '.[photos]'). Photos that are already aligned like FFHQ need no detector: "
+            "aligning faces needs dlib's face landmark detector, which is not installed: pip install dlib-bin "
+            "(prebuilt; or pip install -e '.[photos]', or a source build: pip install dlib). Photos that are already aligned like FFHQ need no detector: "
             "pass aligned=True (scripts/translate.py --aligned)."
         ) from None
     return dlib

@@ -14,7 +14,9 @@ name) where one is published. ``resolve_weights`` finds a file in this order:
    (the folder that also holds the source generators);
 4. torch.hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where
    torchvision and lpips keep the files they downloaded;
-5. with ``download=True``, a download into ``weights_dir``: from a direct
+5. an installed Python package that ships the same file (dlib's landmark
+   model in ``face_recognition_models``), checked against the hash;
+6. with ``download=True``, a download into ``weights_dir``: from a direct
    URL (checked against the published hash prefix); from a URL serving a
    bz2 archive (resumable, then decompressed); or from Google Drive, which
    answers large files with a confirmation page, through ``gdown`` when it is
@@ -57,6 +59,7 @@ class WeightFile:
     path_arg: str = "path"  # the loader argument that takes the file's path
     gdrive_id: Optional[str] = None  # Google Drive file id (page: drive.google.com/file/d/<id>)
     compression: Optional[str] = None  # "bz2": the URL serves the file compressed; it is stored decompressed
+    package: Optional[tuple] = None  # (package, path inside it) of an installed package shipping the same file
 
     @property
     def gdrive_page(self):
@@ -175,9 +178,13 @@ WEIGHTS = {
             env_var="IPL_DLIB_LANDMARKS",
             loader="ipl.inversion.align.LandmarkDetector",
             path_arg="predictor_path",
-            source="http://dlib.net/files/ (bz2-compressed), the file e4e's and ReStyle's alignment use",
+            source="http://dlib.net/files/ (bz2-compressed), the file e4e's and ReStyle's alignment use; "
+            "the same file ships in the face_recognition_models package (pip install face_recognition_models)",
             url="http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2",
             compression="bz2",
+            # dlib.net's file, decompressed (99,693,937 bytes); face_recognition_models 0.3.0 ships it unchanged.
+            sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+            package=("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"),
         ),
     )
 }
@@ -230,6 +237,8 @@ def _how_to_get(entry, weights_dir):
         f"  then:    pass {entry.path_arg}=/path/to/file to {entry.loader}, set {entry.env_var}=/path/to/file, "
         f"or place it at {weights_dir / entry.filename}"
     )
+    if entry.package:
+        lines.append(f"  or:      pip install {entry.package[0]} (it ships the same file, found there offline)")
     if entry.url:
         lines.append(f"  or:      pass download=True to {entry.loader} on a machine with internet")
     elif entry.gdrive_id:
@@ -274,6 +283,9 @@ def resolve_weights(key_or_entry, path=None, *, download=False, weights_dir=None
     for candidate in (weights_dir / entry.filename, hub_cache):
         if candidate.is_file():
             return verify_weights(entry, candidate) if verify else candidate
+    shipped = packaged_file(entry)
+    if shipped is not None:
+        return verify_weights(entry, shipped)  # another package's copy: always checked
 
     if download and (entry.url or entry.gdrive_id):
         return download_weights(entry, weights_dir)
@@ -281,6 +293,30 @@ def resolve_weights(key_or_entry, path=None, *, download=False, weights_dir=None
         f"{entry.key}: weight file not found (looked in {weights_dir} and {hub_cache.parent}).\n"
         + _how_to_get(entry, weights_dir)
     )
+
+
+def packaged_file(key_or_entry):
+    """The copy of a weight file that an installed package ships (``WeightFile.package``), or None.
+
+    The package is located, not imported (importing it may be slow or warn).
+    """
+    import importlib.util
+
+    entry = _entry(key_or_entry)
+    if entry.package is None:
+        return None
+    name, inside = entry.package
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / inside
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def download_weights(key_or_entry, weights_dir=None, *, progress=True):
