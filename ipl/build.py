@@ -14,6 +14,10 @@ def build_backend(config, device, progress=True):
         from .backends.diffae.backend import DiffAEBackend
 
         return DiffAEBackend(config, device, progress=progress)
+    if config.generator.kind == "ddpm":
+        from .backends.ddpm.backend import DDPMBackend
+
+        return DDPMBackend(config, device, progress=progress)
     from .backends.stylegan2 import StyleGAN2Backend
 
     return StyleGAN2Backend(config, device)

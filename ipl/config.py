@@ -27,12 +27,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    # The model family: "stylegan2" (the paper's GAN-IPL) or "diffae" (Diff-IPL:
+    # The model family: "stylegan2" (the paper's GAN-IPL), "diffae" (Diff-IPL:
     # a diffusion autoencoder fine-tuned as DiffusionCLIP does; see the
-    # diffae and diffusionclip sections).
-    kind: Literal["stylegan2", "diffae"] = "stylegan2"
+    # diffae and diffusionclip sections) or "ddpm" (a plain DDPM fine-tuned
+    # the same way: DiffusionCLIP itself, the paper's Diff-CLIP column).
+    kind: Literal["stylegan2", "diffae", "ddpm"] = "stylegan2"
     # Registry name (ffhq, metfaces, afhqdog, afhqcat, afhqwild; for diffae:
-    # ffhq256_autoenc, ...), a checkpoint path, or "random" for a randomly
+    # ffhq256_autoenc, ...; for ddpm: celeba_hq, google/ddpm-celebahq-256,
+    # ...), a checkpoint path or diffusers folder, or "random" for a randomly
     # initialised model (tests, demo).
     checkpoint: str = "ffhq"
     # Architecture of a "random" generator (ignored for checkpoints, which
@@ -161,8 +163,16 @@ class DiffAEConfig:
 
 
 @dataclass(frozen=True)
+class DDPMConfig:
+    # Architecture of a "random" DDPM (generator.checkpoint: random): a named
+    # architecture of ipl.backends.ddpm ("tiny" for tests and the demo;
+    # "celeba_hq", "bedroom", "church_outdoor" as DiffusionCLIP's models).
+    arch: str = "celeba_hq"
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    # Diff-IPL trains on real images: a folder of them (e.g. aligned
+    # The diffusion runs (diffae, ddpm) train on real images: a folder of them (e.g. aligned
     # CelebA-HQ faces), resized and centre-cropped to the model's resolution.
     images: str = ""
     # Optional held-out folder for the sample grids (default: the first
@@ -171,7 +181,9 @@ class DataConfig:
     # DiffusionCLIP's n_precomp_img: images read, encoded (z_sem) and inverted
     # to t_0 once; Stage 1 draws its pairs from all of them.
     n_images: int = 100
-    # DiffusionCLIP's n_train_img: Stage 2 fine-tunes on the first n_train.
+    # DiffusionCLIP's n_train_img: a pass of Stage 2 is n_train batches of
+    # diffusionclip.batch images (the first n_train * batch images; its loader
+    # drops a partial batch).
     n_train: int = 50
     # DiffusionCLIP's n_test_img: images in the sample grids.
     n_test: int = 10
@@ -179,8 +191,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DiffusionCLIPConfig:
-    # Diff-IPL's Stage 2 = DiffusionCLIP's clip_finetune on the diffusion
-    # autoencoder; defaults from DiffusionCLIP's main.py (docs/REPRODUCTION.md).
+    # Stage 2 of the diffusion runs = DiffusionCLIP's clip_finetune on the
+    # diffusion model; defaults from DiffusionCLIP's main.py; the Fig. 5
+    # configs take its README's recipe for faces (docs/REPRODUCTION.md).
     t_0: int = 400  # return step in [1, T); README examples use 500
     n_inv_step: int = 40  # DDIM steps of the deterministic inversion x0 -> x_t0
     n_train_step: int = 6  # DDIM steps x_t0 -> x0 with gradients during fine-tuning
@@ -188,7 +201,7 @@ class DiffusionCLIPConfig:
     eta: float = 0.0  # DDIM eta of the generative steps (0: deterministic)
     lr: float = 2e-6  # lr_clip_finetune (README examples 8e-6)
     lr_gamma: float = 1.3  # sch_gamma: StepLR(step_size=1) after every epoch
-    epochs: int = 1  # n_iter: passes over the n_train images
+    epochs: int = 1  # n_iter: passes over the n_train batches
     batch: int = 1  # bs_train
     clip_loss_w: float = 3.0  # weight of -log((2 - L_direction) / 2)
     l1_loss_w: float = 0.0  # weight of |x0 - x|
@@ -200,8 +213,10 @@ class DiffusionCLIPConfig:
     # Recompute each DDIM step's activations in the backward instead of
     # keeping them (same gradients; memory of one step instead of n_train_step).
     grad_checkpoint: bool = True
-    # DiffusionCLIP fine-tunes in train() mode: the UNet's dropout is active.
-    dropout: bool = True
+    # DiffusionCLIP calls model.train(), but every model it fine-tunes has
+    # dropout 0: its chain is deterministic. true switches the network's own
+    # dropout on while fine-tuning (Diff-AE's UNet has 0.1).
+    dropout: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,6 +232,7 @@ class Config:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     diffae: DiffAEConfig = field(default_factory=DiffAEConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusionclip: DiffusionCLIPConfig = field(default_factory=DiffusionCLIPConfig)
 
@@ -426,6 +442,7 @@ _RULES = {
     "stage2.checkpoint_every": _EVERY,
     "stage2.log_every": _EVERY,
     "diffae.arch": _non_empty("a named architecture such as 'ffhq256' or 'tiny'"),
+    "ddpm.arch": _non_empty("a named architecture such as 'celeba_hq' or 'tiny'"),
     "data.images": _any,
     "data.test_images": _any,
     "data.n_images": _at_least(1),
@@ -449,33 +466,37 @@ _RULES = {
 }
 
 # Sections only one generator kind reads; setting them for the other is an error.
+_STYLEGAN2_ONLY = (
+    "generator.size",
+    "generator.style_dim",
+    "generator.n_mlp",
+    "generator.channel_multiplier",
+    "generator.channel_max",
+    "stage1.images",
+    "stage1.truncation",
+    "stage2.iterations",
+    "stage2.batch",
+    "stage2.lr",
+    "stage2.lr_ratio",
+    "stage2.truncation",
+    "stage2.ema_decay",
+    "stage2.auto_layer_k",
+    "stage2.auto_layer_batch",
+    "stage2.auto_layer_iters",
+    "stage2.auto_layer_lr",
+    "stage2.layer_selection_every",
+    "stage2.layer_mapping",
+    "stage2.chunk",
+    "stage2.n_sample",
+    "stage2.sample_truncation",
+    "stage2.sample_seed",
+)
 KIND_SECTIONS = {
-    "stylegan2": ("diffae", "data", "diffusionclip"),
-    "diffae": (
-        "generator.size",
-        "generator.style_dim",
-        "generator.n_mlp",
-        "generator.channel_multiplier",
-        "generator.channel_max",
-        "stage1.images",
-        "stage1.truncation",
-        "stage2.iterations",
-        "stage2.batch",
-        "stage2.lr",
-        "stage2.lr_ratio",
-        "stage2.truncation",
-        "stage2.ema_decay",
-        "stage2.auto_layer_k",
-        "stage2.auto_layer_batch",
-        "stage2.auto_layer_iters",
-        "stage2.auto_layer_lr",
-        "stage2.layer_selection_every",
-        "stage2.layer_mapping",
-        "stage2.n_sample",
-        "stage2.sample_truncation",
-        "stage2.sample_seed",
-    ),
+    "stylegan2": ("diffae", "ddpm", "data", "diffusionclip"),
+    "diffae": ("ddpm",) + _STYLEGAN2_ONLY,
+    "ddpm": ("diffae",) + _STYLEGAN2_ONLY,
 }
+DIFFUSION_KINDS = ("diffae", "ddpm")
 # Where a Diff-IPL run takes what a StyleGAN2 key would set.
 _DIFFAE_INSTEAD = {
     "stage2.iterations": "diffusionclip.epochs and data.n_train",
@@ -483,6 +504,9 @@ _DIFFAE_INSTEAD = {
     "stage2.lr": "diffusionclip.lr",
     "generator.size": "the checkpoint's own resolution (or diffae.arch for a random model)",
     "stage2.n_sample": "data.n_test",
+    "stage2.chunk": "diffusionclip.batch (DiffusionCLIP's loss is one per batch, not a mean over images)",
+    "ddpm": "diffae (the diffusion autoencoder's section)",
+    "diffae": "ddpm (the DDPM's section)",
 }
 
 
@@ -554,9 +578,31 @@ def validate(config):
             close = difflib.get_close_matches(config.diffae.arch, list(ARCHITECTURES), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             _fail("diffae.arch", config.diffae.arch, f"is not a named architecture{hint}: use one of {', '.join(ARCHITECTURES)}")
+    if config.generator.kind == "ddpm":
+        from stylegan2.pretrained import REGISTRY
+
+        if config.generator.checkpoint in REGISTRY:
+            _fail(
+                "generator.checkpoint",
+                config.generator.checkpoint,
+                "is a StyleGAN2 model, not a DDPM: for generator.kind=ddpm use celeba_hq, a google/ddpm-* model, "
+                "a checkpoint path, a diffusers folder or 'random'",
+            )
+        from .backends.ddpm.model import ARCHITECTURES
+
+        if config.ddpm.arch not in ARCHITECTURES:
+            close = difflib.get_close_matches(config.ddpm.arch, list(ARCHITECTURES), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            _fail("ddpm.arch", config.ddpm.arch, f"is not a named architecture{hint}: use one of {', '.join(ARCHITECTURES)}")
+    if config.generator.kind in DIFFUSION_KINDS:
         d, dc = config.data, config.diffusionclip
-        if d.n_train > d.n_images:
-            _fail("data.n_train", d.n_train, f"exceeds data.n_images ({d.n_images}): Stage 2 trains on the first n_train of the n_images images")
+        if d.n_train * dc.batch > d.n_images:
+            _fail(
+                "data.n_train",
+                d.n_train,
+                f"exceeds data.n_images ({d.n_images}) in batches of diffusionclip.batch={dc.batch} ({d.n_train * dc.batch} images): "
+                "a pass of Stage 2 is n_train full batches of the first images (DiffusionCLIP's n_train_img); lower data.n_train or raise data.n_images",
+            )
         if config.stage1.batch > d.n_images:
             _fail("stage1.batch", config.stage1.batch, f"exceeds data.n_images ({d.n_images}): each Stage-1 batch holds distinct images; lower stage1.batch or use more images")
         if dc.clip_loss_w == dc.l1_loss_w == dc.id_loss_w == 0:
@@ -573,7 +619,7 @@ def check_kind_keys(config, kind):
             given, unset = getattr(given, key), getattr(unset, key)
         if given == unset:
             continue
-        instead = f"; set {_DIFFAE_INSTEAD[item]} instead" if item in _DIFFAE_INSTEAD else ""
+        instead = f"; set {_DIFFAE_INSTEAD[item]} instead" if item in _DIFFAE_INSTEAD and kind != "stylegan2" else ""
         raise ConfigError(f"{item} is set, but a generator.kind={kind} run never reads it{instead}")
 
 

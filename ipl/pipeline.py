@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 _MODEL_KEYS = {
     "stylegan2": ("generator.checkpoint", "generator.size", "generator.style_dim", "generator.seed"),
     "diffae": ("generator.checkpoint", "generator.seed", "diffae", "data"),
+    "ddpm": ("generator.checkpoint", "generator.seed", "ddpm", "data"),
 }
 _SHARED_STAGE1_KEYS = ("clip.model", "clip.antialias", "prompt", "mapper", "stage1")
-_STAGE2_SECTIONS = {"stylegan2": ("stage2",), "diffae": ("stage2", "diffusionclip")}
+_STAGE2_SECTIONS = {"stylegan2": ("stage2",), "diffae": ("stage2", "diffusionclip"), "ddpm": ("stage2", "diffusionclip")}
 
 
 def stage1_keys(kind="stylegan2"):

@@ -174,3 +174,16 @@ def save_tiny_diffae_run(root, seed=3, scale=0.05):
     meta = {"kind": "diffae", "source_class": config.prompt.source_class, "target_class": config.prompt.target_class}
     save_autoencoder(path, adapted, config=config_lib.to_dict(config), step=1, meta=meta)
     return path, config, source, adapted
+
+
+# The same run on the plain DDPM backend (DiffusionCLIP's Diff-CLIP): the tiny
+# random UNet2DModel, whose mapper reads CLIP image features.
+TINY_DDPM_OVERRIDES = [
+    o.replace("generator.kind=diffae", "generator.kind=ddpm").replace("diffae.arch=tiny", "ddpm.arch=tiny") for o in TINY_DIFFAE_OVERRIDES
+]
+
+
+def tiny_ddpm_config(tmp_path, *overrides):
+    return config_lib.load_config(
+        None, TINY_DDPM_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *overrides]
+    )

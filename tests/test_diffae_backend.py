@@ -8,6 +8,8 @@ import torch
 from helpers import REPO, synthetic_photos, tiny_diffae_config
 
 import ipl.backends.diffae.backend as B
+import ipl.backends.diffusionclip as shared
+from ipl import diffusion
 from ipl.backends.diffae import load_autoencoder
 from ipl.build import build_clip
 from ipl.config import ConfigError
@@ -58,9 +60,9 @@ def test_inversion_cache_holds_enc_and_the_deterministic_inversion(tiny, tmp_pat
             torch.testing.assert_close(x_t[i : i + 1], model.invert(image, codes[i : i + 1], 300, 4))
 
     calls = {"encode": 0, "invert": 0}
-    for name in calls:
-        real = getattr(model, name)
-        monkeypatch.setattr(model, name, lambda *a, real=real, name=name, **k: calls.__setitem__(name, calls[name] + 1) or real(*a, **k))
+    real_encode, real_invert = model.encode, diffusion.partial_invert
+    monkeypatch.setattr(model, "encode", lambda *a, **k: calls.__setitem__("encode", calls["encode"] + 1) or real_encode(*a, **k))
+    monkeypatch.setattr(diffusion, "partial_invert", lambda *a, **k: calls.__setitem__("invert", calls["invert"] + 1) or real_invert(*a, **k))
     again = cache.inverted(files, 300, 4, progress=False)
     assert calls == {"encode": 0, "invert": 0}  # a second run reads the disk
     assert all(torch.equal(a, b) for a, b in zip(again, (x0, codes, x_t)))
@@ -109,7 +111,7 @@ def test_the_mapper_reads_z_sem(mapper, tiny):
 
 
 def test_missing_or_short_image_folders_are_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="data.images is empty: a Diff-IPL run trains on real images"):
+    with pytest.raises(ConfigError, match="data.images is empty: a diffusion run trains on real images"):
         B.DiffAEBackend(tiny_diffae_config(tmp_path, "data.images="), "cpu")
     with pytest.raises(ConfigError, match="is not a folder"):
         B.DiffAEBackend(tiny_diffae_config(tmp_path, f"data.images={tmp_path / 'nowhere'}"), "cpu")
@@ -194,7 +196,7 @@ def test_resume_reaches_the_uninterrupted_autoencoder(tiny, mapper, tmp_path):
     run_stage2(tiny, mapper, tmp_path / "b", "diffusionclip.epochs=1")
     state = torch.load(tmp_path / "b" / "stage2.pt", weights_only=True)
     assert state["step"] == 3
-    # Resuming with the full schedule continues from step 3 (dropout masks included).
+    # Resuming with the full schedule continues from step 3.
     resumed = torch.load(run_stage2(tiny, mapper, tmp_path / "b", resume=True), weights_only=True)["state_dict"]
     for k, v in straight.items():
         assert torch.equal(v, resumed[k]), k
@@ -223,7 +225,7 @@ def test_per_step_variant_steps_the_optimiser_at_every_ddim_step(tiny, mapper, t
     assert counts["step"] == 3  # one step per image
 
 
-def test_dropout_is_active_while_finetuning_as_in_diffusionclip(tiny, mapper, tmp_path, monkeypatch):
+def test_the_finetuning_chain_is_deterministic_unless_dropout_is_asked_for(tiny, mapper, tmp_path, monkeypatch):
     modes = []
     real = B.DiffAEAdaptation.trainable_images
 
@@ -233,12 +235,13 @@ def test_dropout_is_active_while_finetuning_as_in_diffusionclip(tiny, mapper, tm
 
     monkeypatch.setattr(B.DiffAEAdaptation, "trainable_images", spy)
     run_stage2(tiny, mapper, tmp_path / "a", "diffusionclip.epochs=1")
-    run_stage2(tiny, mapper, tmp_path / "b", "diffusionclip.epochs=1", "diffusionclip.dropout=false")
-    assert modes == [True] * 3 + [False] * 3
+    run_stage2(tiny, mapper, tmp_path / "b", "diffusionclip.epochs=1", "diffusionclip.dropout=true")
+    # DiffusionCLIP's models have dropout 0, so its chain is deterministic: eval() by default.
+    assert modes == [False] * 3 + [True] * 3
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, mapper, tmp_path, monkeypatch):
-    real = B.diffusionclip_losses
+    real = shared.diffusionclip_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -248,7 +251,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, mapper, 
             terms = {k: v * float("nan") for k, v in terms.items()}
         return terms
 
-    monkeypatch.setattr(B, "diffusionclip_losses", poisoned)
+    monkeypatch.setattr(shared, "diffusionclip_losses", poisoned)
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 6.*stage2.pt"):
         run_stage2(tiny, mapper, tmp_path / "run")
     state = torch.load(tmp_path / "run" / "stage2.pt", weights_only=True)

@@ -130,9 +130,12 @@ class IRSE50(nn.Module):
         return F.normalize(self.output_layer(x), dim=1)
 
 
-def arcface_preprocess(images):
-    """(B, 3, H, W) in [-1, 1] -> (B, 3, 112, 112) face crops (pSp's ID preprocessing)."""
-    x = images.clamp(-1, 1)
+def arcface_preprocess(images, clamp=True):
+    """(B, 3, H, W) in [-1, 1] -> (B, 3, 112, 112) face crops (pSp's ID preprocessing).
+
+    ``clamp=False`` crops the images as given, as DiffusionCLIP's IDLoss does.
+    """
+    x = images.clamp(-1, 1) if clamp else images
     if tuple(x.shape[-2:]) != (256, 256):
         x = F.adaptive_avg_pool2d(x, (256, 256))
     x = x[:, :, FACE_CROP[0], FACE_CROP[1]]  # (B, 3, 188, 188)
@@ -142,12 +145,13 @@ def arcface_preprocess(images):
 class ArcFaceExtractor(nn.Module):
     """Images in [-1, 1] -> L2-normalised IR-SE50 identity embeddings (B, 512)."""
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, clamp=True):
         super().__init__()
         self.backbone = backbone
+        self.clamp = clamp  # clamp the images to [-1, 1] before the crop
 
     def forward(self, images):
-        return self.backbone(arcface_preprocess(images))
+        return self.backbone(arcface_preprocess(images, self.clamp))
 
 
 def load_arcface(path=None, *, device="cpu", weights_dir=None):

@@ -75,6 +75,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
         save_png(grid(model.sample_rows()), run_dir / "samples" / f"step_{step:06d}.png")
 
     total = model.iterations
+    antialias = config.clip.antialias  # the image features of Stage 1 and Stage 2 are made alike
     bar = progress_bar(range(start, total), desc="stage 2", initial=start, total=total, disable=not progress)
     tick, sums, n_summed = time.time(), {}, 0  # sums stay on the device: no per-step sync
     for step in bar:
@@ -82,18 +83,18 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
         trained = model.select_trainable(step)
 
         # One direction per image (or NADA's one for all), then the loss of
-        # every (source, trainable) pair, chunk by chunk; each chunk's terms
-        # are per-image means, weighted by its share of the batch.
+        # every (source, trainable) pair, in the backend's chunks (where its
+        # terms are per-image means), each weighted by its share of the batch.
         d_text = directions(batch.codes)
         n = len(batch)
-        for index in torch.arange(n, device=batch.codes.device).split(c2.chunk or n):
+        for index in torch.arange(n, device=batch.codes.device).split(model.chunk or n):
             part = batch.select(index)
             source = model.source_images(part)
             with torch.no_grad():
-                f_source = clip_model.encode_images(source)
+                f_source = clip_model.encode_images(source, antialias=antialias)
             d = d_text if d_text.ndim == 1 else d_text[index]
             for target in model.trainable_images(part):
-                terms = model.losses(f_source, clip_model.encode_images(target), d, source, target)
+                terms = model.losses(f_source, clip_model.encode_images(target, antialias=antialias), d, source, target)
                 (terms["total"] * (len(index) / n)).backward()
                 model.after_backward()
                 for name, value in terms.items():

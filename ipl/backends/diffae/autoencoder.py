@@ -102,6 +102,14 @@ class DiffusionAutoencoder(nn.Module):
     def forward(self, x_t, t, z_sem):
         return self.eps(x_t, t, z_sem)
 
+    def condition(self, x0):
+        """What the UNet is conditioned on for images x0: their z_sem (the DiffusionCLIP fine-tuning's condition)."""
+        return self.encode(x0)
+
+    def trainable_parameters(self):
+        """The UNet's parameters: DiffusionCLIP fine-tunes the denoiser, not the semantic encoder."""
+        return [p for name, p in self.net.named_parameters() if not name.startswith("encoder.")]
+
     def _eps_fn(self, z_sem):
         return lambda x, t: self.eps(x, t, z_sem)
 

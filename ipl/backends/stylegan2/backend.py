@@ -114,6 +114,7 @@ class StyleGAN2Adaptation:
         self.latent_avg = backend.info.get("latent_avg")
         self.meta = {"source_class": config.prompt.source_class, "target_class": config.prompt.target_class}
         self.iterations = c2.iterations
+        self.chunk = c2.chunk  # the losses are means over images: chunks change memory, not results
 
         # Generators: frozen source, trainable copy, EMA copy.
         self.source = backend.generator.eval().requires_grad_(False)
