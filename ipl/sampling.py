@@ -213,10 +213,14 @@ def load_adapted(path, device):
 
     from .backends import checkpoint_kind
 
-    if checkpoint_kind(path) == "diffae":  # also the errors for a missing, unreadable or wrong file
+    kind = checkpoint_kind(path)  # also the errors for a missing, unreadable or wrong file
+    if kind in ("diffae", "ddpm"):
+        # DiffusionCLIP fine-tunes the generation from x_{t_0} of real images; from pure noise
+        # (t = T) the fine-tuned model was never trained, so seeds are refused.
+        what = "a Diff-IPL run's autoencoder" if kind == "diffae" else "a DDPM run's fine-tuned DDPM"
         raise CheckpointError(
-            f"{path} is a Diff-IPL run's autoencoder: it edits real images rather than sampling seeds; "
-            "use scripts/translate.py --ckpt ... --images ..."
+            f"{path} is {what}: it edits real images rather than sampling seeds; "
+            "use scripts/translate.py --ckpt ... --images ... (or scripts/evaluate.py --adapted ... --images ...)"
         )
     generator, info = load_generator(path, device)
     return generator.eval().requires_grad_(False), info

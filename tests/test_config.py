@@ -173,17 +173,36 @@ def test_keys_of_the_other_generator_kind_are_refused():
     assert config_lib.from_dict(saved).stage1.lr == 0.1
 
 
-@pytest.mark.parametrize("name,source,target", [("diffae_wall_painting", "photo", "wall painting"), ("diffae_elf", "human", "tolkien elf")])
-def test_fig5_diffipl_configs(name, source, target):
+FIG5_DIFFUSION = [
+    ("diffae_wall_painting", "diffae", "ffhq256_autoenc", "adaptive", "photo", "wall painting"),
+    ("diffae_elf", "diffae", "ffhq256_autoenc", "adaptive", "human", "tolkien elf"),
+    ("ddpm_wall_painting", "ddpm", "celeba_hq", "manual", "photo", "wall painting"),
+    ("ddpm_elf", "ddpm", "celeba_hq", "manual", "human", "tolkien elf"),
+]
+
+
+@pytest.mark.parametrize("name,kind,checkpoint,scheme,source,target", FIG5_DIFFUSION)
+def test_fig5_diffusion_configs_follow_diffusionclips_readme_recipe_for_faces(name, kind, checkpoint, scheme, source, target):
     c = load_config(CONFIGS / f"{name}.yaml", ["data.images=/faces"])
-    assert (c.generator.kind, c.generator.checkpoint, c.prompt.source_class, c.prompt.target_class) == ("diffae", "ffhq256_autoenc", source, target)
-    # DiffusionCLIP's defaults (its main.py), IPL's Stage 1.
-    assert c.diffusionclip == config_lib.DiffusionCLIPConfig()
+    assert (c.generator.kind, c.generator.checkpoint, c.prompt.scheme) == (kind, checkpoint, scheme)
+    assert (c.prompt.source_class, c.prompt.target_class) == (source, target)
+    # --n_iter 5 --t_0 500 --n_inv_step 40 --n_train_step 6 --n_test_step 40
+    # --lr_clip_finetune 8e-6 --id_loss_w 0 --l1_loss_w 1, 50 training images.
     dc = c.diffusionclip
-    assert (dc.t_0, dc.n_inv_step, dc.n_train_step, dc.n_test_step, dc.eta) == (400, 40, 6, 40, 0.0)
-    assert (dc.lr, dc.lr_gamma, dc.epochs, dc.batch, dc.clip_loss_w, dc.l1_loss_w, dc.id_loss_w) == (2e-6, 1.3, 1, 1, 3.0, 0.0, 0.0)
-    assert (c.data.n_images, c.data.n_train, c.data.n_test) == (100, 50, 10)
+    assert (dc.epochs, dc.t_0, dc.n_inv_step, dc.n_train_step, dc.n_test_step, dc.eta) == (5, 500, 40, 6, 40, 0.0)
+    assert (dc.lr, dc.id_loss_w, dc.l1_loss_w, c.data.n_train) == (8e-6, 0.0, 1.0, 50)
+    # main.py's defaults elsewhere, and a deterministic chain.
+    assert (dc.lr_gamma, dc.batch, dc.clip_loss_w, dc.dropout, c.data.n_images, c.data.n_test) == (1.3, 1, 3.0, False, 100, 10)
     assert c.stage1 == config_lib.Stage1Config() and c.clip.model == "ViT-B/32"
+    # main.py's defaults stay reachable by name.
+    main = load_config([CONFIGS / f"{name}.yaml", CONFIGS / "diffusionclip_main_defaults.yaml"], ["data.images=/faces"])
+    assert main.diffusionclip == config_lib.DiffusionCLIPConfig()
+    assert (main.diffusionclip.lr, main.diffusionclip.epochs, main.diffusionclip.t_0, main.diffusionclip.l1_loss_w) == (2e-6, 1, 400, 0.0)
+
+
+def test_tiny_ddpm_config_needs_no_downloads():
+    c = load_config(CONFIGS / "tiny_ddpm.yaml")
+    assert (c.generator.kind, c.generator.checkpoint, c.ddpm.arch, c.clip.model, c.device) == ("ddpm", "random", "tiny", "tiny", "cpu")
 
 
 def test_tiny_diffae_config_needs_no_downloads():

@@ -4,22 +4,23 @@ import torch
 
 from stylegan2.checkpoint import CheckpointError
 
-KINDS = ("stylegan2", "diffae")
+KINDS = ("stylegan2", "diffae", "ddpm")
 
 
 # How to make the right file, for the messages about a wrong --ckpt / --adapted.
 ADAPTED_REMEDY = (
-    "An adapted model is a finished run's RUN/generator.pt (StyleGAN2) or RUN/autoencoder.pt (Diff-IPL), "
+    "An adapted model is a finished run's RUN/generator.pt (StyleGAN2), RUN/autoencoder.pt (Diff-IPL) or RUN/ddpm.pt (DDPM), "
     "written by python scripts/adapt.py --config CONFIG (or scripts/train_generator.py)"
 )
 
 
 def checkpoint_kind(path):
-    """``"stylegan2"`` or ``"diffae"``: the model family of an adapted checkpoint.
+    """``"stylegan2"``, ``"diffae"`` or ``"ddpm"``: the model family of an adapted checkpoint.
 
     Read from the recorded run config (``config.generator.kind``) when there
-    is one, else from the layout: ``g_ema`` (StyleGAN2), or a ``state_dict``
-    with ``ema_model.*`` tensors (a diffusion autoencoder).
+    is one, else from the layout: ``g_ema`` (StyleGAN2), a ``state_dict``
+    with ``ema_model.*`` tensors (a diffusion autoencoder), or ``kind:
+    "ddpm"`` (a DDPM written by :func:`ipl.backends.ddpm.save_ddpm`).
 
     Raises:
         CheckpointError: missing or unreadable, or another kind of file (a
@@ -48,4 +49,6 @@ def checkpoint_kind(path):
         state = checkpoint.get("state_dict")
         if isinstance(state, dict) and any(str(k).startswith("ema_model.") for k in state):
             return "diffae"
+        if checkpoint.get("kind") == "ddpm":
+            return "ddpm"
     raise CheckpointError(f"{path} is {describe_contents(checkpoint)}, not an adapted model checkpoint. {ADAPTED_REMEDY}")
