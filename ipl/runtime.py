@@ -176,12 +176,18 @@ def ema_update(ema, model, decay):
 
 
 class StatsLog:
-    """Appends one JSON object per logging tick to ``stats.jsonl``."""
+    """Appends one JSON object per logging tick to ``stats.jsonl``.
 
-    def __init__(self, path, resume=False):
+    ``stats.jsonl`` is the record of a run; ``curves`` (a
+    :class:`TrainingCurves`, optional) shows the same values, and the sample
+    grids given to :meth:`image`, in TensorBoard or Weights & Biases.
+    """
+
+    def __init__(self, path, resume=False, curves=None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.start = time.time()
+        self.curves = curves
         if not resume:
             self.path.write_text("")
 
@@ -189,6 +195,17 @@ class StatsLog:
         record = {"step": step, "time": round(time.time() - self.start, 3), **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.curves is not None:
+            self.curves.scalars(step, values)
+
+    def image(self, step, name, array):
+        """Show a sample grid (``(H, W, 3)`` uint8, already saved as a PNG) beside the curves."""
+        if self.curves is not None:
+            self.curves.image(step, name, array)
+
+    def close(self):
+        if self.curves is not None:
+            self.curves.close()
 
     def truncate_after(self, step):
         """Drop records past ``step`` (a resumed run rewrites them)."""
@@ -196,6 +213,111 @@ class StatsLog:
             return
         lines = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in lines))
+
+
+def check_curves(output):
+    """Refuse, before a run starts, training curves whose package is missing (``config.output``)."""
+    from .config import ConfigError
+
+    if output.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401  (needs the tensorboard package)
+        except ImportError:
+            raise ConfigError(
+                "output.tensorboard: true needs the tensorboard package: pip install tensorboard "
+                "(or pip install -e \".[demo]\"), or set output.tensorboard=false"
+            ) from None
+    if output.wandb:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("output.wandb: true needs the wandb package: pip install wandb, then wandb login (or set output.wandb=false)") from None
+        offline = os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun")
+        if not offline and not os.environ.get("WANDB_API_KEY") and not getattr(getattr(wandb, "api", None), "api_key", None):
+            raise ConfigError("output.wandb: true, but wandb is not logged in: run wandb login (or set WANDB_MODE=offline, or output.wandb=false)")
+
+
+class TrainingCurves:
+    """One stage's losses, learning rate, seconds per step and sample grids in TensorBoard and/or W&B.
+
+    TensorBoard events go to ``RUN/tb/<stage>/`` (one TensorBoard run per
+    stage, as each counts its own steps); tags are the ``stats.jsonl`` names
+    (``contrastive``, ``loss``, ``lr``, ``sec_per_iter``, ...) and
+    ``samples`` for the grids. A resumed stage starts with a purge at the
+    step after its checkpoint, so TensorBoard drops what the interrupted
+    process logged past it, as :meth:`StatsLog.truncate_after` does.
+    W&B gets one run per stage, grouped under the run's name.
+
+    Args:
+        run_dir: The run directory.
+        stage: ``"stage1"`` or ``"stage2"``.
+        output: ``config.output`` (which of the two to write).
+        config: The run config as plain data (recorded by W&B).
+        start: The step the stage starts (or resumes) from.
+    """
+
+    def __init__(self, run_dir, stage, output, config=None, start=0):
+        self.writer = self.wandb = None
+        if output.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb" / stage), purge_step=start + 1 if start > 0 else None)
+        if output.wandb:
+            import hashlib
+
+            import wandb
+
+            where = Path(run_dir).resolve()
+            # The same W&B run again when this stage of this run directory resumes.
+            run_id = f"ipl-{stage}-{hashlib.sha1(str(where).encode()).hexdigest()[:12]}"
+            self.wandb = wandb.init(
+                project="ipl", group=where.name, name=f"{where.name}-{stage}", job_type=stage, dir=str(run_dir),
+                config=config, resume="allow", id=run_id,
+            )  # fmt: skip
+
+    def scalars(self, step, values):
+        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.writer is not None:
+            for name, value in numbers.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()  # once per logging tick: a crash loses nothing that stats.jsonl has
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=step)
+
+    def image(self, step, name, array):
+        if self.writer is not None:
+            self.writer.add_image(name, array, step, dataformats="HWC")
+            self.writer.flush()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({name: wandb.Image(array)}, step=step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def open_stats(config, run_dir, stage, start=0):
+    """The :class:`StatsLog` of one stage (``RUN/stats_<stage>.jsonl``), with the curves ``config.output`` asks for.
+
+    A stage resumed at ``start`` keeps the records up to ``start`` and
+    writes the later ones again.
+    """
+    from .config import to_dict
+
+    output = config.output
+    curves = TrainingCurves(run_dir, stage, output, to_dict(config), start) if output.tensorboard or output.wandb else None
+    log = StatsLog(Path(run_dir) / f"stats_{stage}.jsonl", resume=start > 0, curves=curves)
+    log.truncate_after(start)
+    return log
+
+
+def learning_rate(optimizer):
+    """The learning rate of an optimiser's first parameter group (for the logs)."""
+    return float(optimizer.param_groups[0]["lr"])
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -239,16 +361,20 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "StatsLog",
+    "TrainingCurves",
     "TrainingDiverged",
     "atomic_save",
+    "check_curves",
     "check_finite",
     "choose_device",
     "describe_contents",
     "ema_update",
     "folder_problem",
     "keep_freed_memory",
+    "learning_rate",
     "LatentSampler",
     "load_checkpoint",
+    "open_stats",
     "progress_bar",
     "rng_state",
     "set_rng_state",
