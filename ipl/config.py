@@ -81,6 +81,26 @@ class PromptConfig:
     # Its word count sets the number m of learned prompt vectors, and it forms
     # the hand-written prompts; it does not initialise the adaptive prompts.
     ctx_init: str = "a photo of a"
+    # A folder of a few pictures of the target style (PNG/JPEG, any size; at
+    # least 3) instead of, or besides, the target text. "manual" (NADA) then
+    # uses its image direction (the mean CLIP feature of the pictures minus
+    # that of img2img_batch source images); the IPL schemes first learn a
+    # pseudo-word from them (textual inversion in CLIP's text encoder,
+    # RUN/target_word.pt) that stands wherever the target label does.
+    target_images: str = ""
+    # NADA's img2img_batch: source images whose mean feature the image
+    # direction starts from (StyleGAN2: seeds 0..n-1; diffusion: the first
+    # n training photos).
+    img2img_batch: int = 16
+    # The learned word: "replace" = the word alone is the target label;
+    # "append" = target_class followed by the word ("wall painting S*").
+    word_mode: Literal["replace", "append"] = "replace"
+    # Text whose token embeddings the word starts from ("" = target_class);
+    # with more or fewer tokens than word_tokens, every row starts from their mean.
+    word_init: str = ""
+    word_tokens: int = 1  # token embeddings of the word (textual inversion's 1)
+    word_steps: int = 100  # Adam steps; measured in README (target images)
+    word_lr: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -362,6 +382,14 @@ def _non_empty(what):
     return check
 
 
+def _between(low, high, what):
+    def check(value):
+        if not low <= value <= high:
+            return f"must be from {low} to {high} ({what})"
+
+    return check
+
+
 def _power_of_two(low, high):
     def check(value):
         if value < low or value > high or value & (value - 1):
@@ -404,6 +432,13 @@ _RULES = {
     "prompt.source_class": _non_empty("the source domain's label, e.g. 'photo'"),
     "prompt.target_class": _non_empty("the target domain's label, e.g. 'disney'"),
     "prompt.ctx_init": _non_empty("its words set the number of prompt vectors, e.g. 'a photo of a'"),
+    "prompt.target_images": _any,
+    "prompt.img2img_batch": _at_least(1, " (source images of NADA's image direction)"),
+    "prompt.word_mode": _any,
+    "prompt.word_init": _any,
+    "prompt.word_tokens": _between(1, 16, "token embeddings of the learned word; every template must fit CLIP's 77 tokens"),
+    "prompt.word_steps": _at_least(0, " (0 = the initial word, unlearned)"),
+    "prompt.word_lr": _positive(" (Adam's learning rate of the word)"),
     "mapper.n_hidden": _at_least(0),
     "mapper.hidden_dim": _at_least(1),
     "mapper.lr_mul": _positive(),
@@ -554,6 +589,8 @@ def validate(config):
         _fail("prompt.target_class", p.target_class, "is the source label too: the direction from a label to itself is zero; choose two different labels")
     if p.ctx_init != PromptConfig.ctx_init:
         check_ctx_init(p.ctx_init)
+    if p.word_init and not p.word_init.strip():
+        _fail("prompt.word_init", p.word_init, "has no words: give the word(s) the learned word starts from, or '' for prompt.target_class")
     if config.clip.model.startswith("random:"):
         from .clip import RANDOM_ARCHS
 
@@ -605,6 +642,13 @@ def validate(config):
             )
         if config.stage1.batch > d.n_images:
             _fail("stage1.batch", config.stage1.batch, f"exceeds data.n_images ({d.n_images}): each Stage-1 batch holds distinct images; lower stage1.batch or use more images")
+        p = config.prompt
+        if p.target_images and p.scheme == "manual" and p.img2img_batch > d.n_images:
+            _fail(
+                "prompt.img2img_batch",
+                p.img2img_batch,
+                f"exceeds data.n_images ({d.n_images}): NADA's image direction starts from the first img2img_batch training photos; lower it or use more images",
+            )
         if dc.clip_loss_w == dc.l1_loss_w == dc.id_loss_w == 0:
             _fail("diffusionclip.clip_loss_w", dc.clip_loss_w, "and the other loss weights are all 0: nothing would be trained")
 

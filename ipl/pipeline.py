@@ -14,6 +14,7 @@ from .build import build_backend, build_clip
 from .runtime import CheckpointError, choose_device, folder_problem, keep_freed_memory, load_checkpoint
 from .stages.stage1 import STAGE1_SCHEMES, load_prompt_model, train_mapper
 from .stages.stage2 import train_generator
+from .stages.target import check_same_target, prepare_target, target_image_files
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,9 @@ def check_run_inputs(config):
 
     The output folders (``run_dir``, ``cache_dir``) must be folders or
     creatable, and the CLIP name must be one :func:`ipl.clip.load_clip`
-    knows. The source model's checkpoint and the image folders are checked
-    by the backends, before their first download.
+    knows, and ``prompt.target_images`` must hold enough readable images.
+    The source model's checkpoint and the training image folders are
+    checked by the backends, before their first download.
     """
     from .clip import check_clip_name
 
@@ -116,6 +118,8 @@ def check_run_inputs(config):
             origin = "" if given else f" (the default, from {'name' if key == 'run_dir' else 'your home folder'})"
             raise config_lib.ConfigError(f"{key}: {folder}{origin} {problem}; choose another folder with --set {key}=DIR")
     check_clip_name(config.clip.model)
+    if config.prompt.target_images:
+        target_image_files(config.prompt.target_images)
 
 
 def finished_mapper(config, mapper_path=None):
@@ -157,10 +161,18 @@ class Session:
         self.derived = config_lib.resolve(config)
         self.stage1_keys, self.stage2_keys = stage1_keys(config.generator.kind), stage2_keys(config.generator.kind)
         write_run_config(config, self.derived, self.backend, self.derived.run_dir)
+        self._target = None
 
     @property
     def run_dir(self):
         return self.derived.run_dir
+
+    @property
+    def target(self):
+        """The run's target (text, or images and the word learned from them), prepared once."""
+        if self._target is None:
+            self._target = prepare_target(self.config, self.clip, self.run_dir, progress=self.progress)
+        return self._target
 
     def stage1(self, resume=False):
         """Train (or resume) Stage 1; returns the path of ``mapper.pt``."""
@@ -168,7 +180,7 @@ class Session:
         path = self.run_dir / "mapper.pt"
         if resume and path.exists():
             check_compatible(path, load_checkpoint(path, "mapper"), config, self.stage1_keys, "trained")
-        return train_mapper(config, self.backend, self.clip, self.run_dir, self.device, resume=resume, progress=self.progress)
+        return train_mapper(config, self.backend, self.clip, self.run_dir, self.device, resume=resume, progress=self.progress, run_target=self.target)
 
     def stage2(self, mapper_path=None, resume=False):
         """Train (or resume) Stage 2; returns the path of ``generator.pt``."""
@@ -176,11 +188,14 @@ class Session:
         prompt_model = None
         if config.prompt.scheme in STAGE1_SCHEMES:
             mapper_path, _ = finished_mapper(config, mapper_path or self.run_dir / "mapper.pt")
-            prompt_model, _ = load_prompt_model(mapper_path, self.device)
+            prompt_model, ckpt = load_prompt_model(mapper_path, self.device)
+            check_same_target(mapper_path, ckpt["prompt"].get("target", {}), self.target)
         path = self.run_dir / "stage2.pt"
         if resume and path.exists():
             check_compatible(path, load_checkpoint(path, "stage2"), config, self.stage2_keys, "trained")
-        return train_generator(config, self.backend, self.clip, self.run_dir, self.device, prompt_model=prompt_model, resume=resume, progress=self.progress)
+        return train_generator(
+            config, self.backend, self.clip, self.run_dir, self.device, prompt_model=prompt_model, resume=resume, progress=self.progress, run_target=self.target
+        )
 
     def adapt(self, resume=True):
         """Stage 1 (reused when complete, resumed when not), then Stage 2."""

@@ -130,6 +130,16 @@ def template_direction(source_templates, target_templates):
     return normalize((normalize(target_templates) - normalize(source_templates)).mean(0))
 
 
+def image_direction(source_image_features, target_image_features):
+    """NADA's image-to-image direction: Norm(mean_i Norm(E_I(y_i)) - mean_j Norm(E_I(G_s(w_j)))).
+
+    The direction from the source images' mean normalised feature to the
+    target images' (StyleGAN-NADA's ``compute_img2img_direction``; neither
+    mean is re-normalised).
+    """
+    return normalize(normalize(target_image_features).mean(0) - normalize(source_image_features).mean(0))
+
+
 def direction_loss(source_image_features, target_image_features, text_direction):
     """Eq. 7 + 9: mean_i (1 - cos(dI_i, dT_i)).
 

@@ -7,8 +7,14 @@ step (all images, source and target labels) goes through CLIP's text
 transformer in one batched call.
 """
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import nn
+
+from ..clip import IMAGENET_TEMPLATES, clip
+from .losses import normalize
 
 
 def check_ctx_init(clip_model, ctx_init):
@@ -24,6 +30,84 @@ def check_ctx_init(clip_model, ctx_init):
     return len(words)
 
 
+@dataclass(frozen=True, eq=False)
+class Label:
+    """A domain label: words, optionally followed by a learned pseudo-word.
+
+    Every prompt that names a domain ("a photo of a {}", the 79 templates,
+    the label alone) takes the label's tokens where ``{}`` stands, then the
+    ``word`` rows spliced in as token embeddings, so a learned word goes
+    wherever a label does and the rest of IPL is unchanged.
+
+    Attributes:
+        text: The words (may be empty when the word stands alone).
+        word: Learned token embeddings ``(n, k)`` following the words, or None.
+    """
+
+    text: str
+    word: Optional[torch.Tensor] = None
+
+    def __str__(self):
+        return self.text if self.word is None else f"{self.text} <{self.word.shape[0]} learned tokens>".strip()
+
+
+def as_label(label):
+    """A :class:`Label` from a string or a Label."""
+    return label if isinstance(label, Label) else Label(label)
+
+
+def embed_with_label(clip_model, templates, *labels):
+    """Token embeddings of every template (``"... {} ..."``) filled with every label, label-major.
+
+    Labels without a word are tokenised as the filled strings, all in one
+    call. With a word, the pieces around ``{}`` and the label's words are
+    tokenised apart (the tokenizer never joins across a space or
+    punctuation, so the ids are those of the whole string) and the word's
+    rows are spliced in after the words, differentiably. Rows are padded to
+    the longest with token 0, as the tokenizer pads (the features never
+    depend on tokens after [EOS]).
+
+    Returns:
+        ``(x (N, L, k), eot (N,))``, N = len(labels) * len(templates), L the
+        longest prompt up to its [EOS].
+    """
+    labels = [as_label(label) for label in labels]
+    if all(label.word is None for label in labels):
+        tokens = clip_model.tokenize([t.replace("{}", label.text) for label in labels for t in templates])
+        eot = tokens.argmax(dim=-1)
+        return clip_model.embed_tokens(tokens[:, : int(eot.max()) + 1]), eot
+    tokenizer = clip.clip._tokenizer
+    start, end = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
+    rows, words = [], []  # token ids (0 where the word goes), and (first position, word) of each row
+    for label in labels:
+        for template in templates:
+            before, after = template.split("{}")
+            head = [start] + tokenizer.encode(before) + tokenizer.encode(label.text)
+            n = 0 if label.word is None else label.word.shape[0]
+            rows.append(head + [0] * n + tokenizer.encode(after) + [end])
+            words.append((len(head), label.word))
+    length = max(map(len, rows))
+    context = clip_model.model.positional_embedding.shape[0]
+    if length > context:
+        raise ValueError(f"a prompt of the label {labels} has {length} tokens, more than CLIP's {context}; use fewer word tokens")
+    tokens = torch.tensor([r + [0] * (length - len(r)) for r in rows], device=clip_model.device)
+    with torch.no_grad():
+        base = clip_model.embed_tokens(tokens)  # (N, L, k)
+    x = [
+        row if word is None else torch.cat([row[:at], word.to(row), row[at + word.shape[0] :]])
+        for row, (at, word) in zip(base, words)
+    ]
+    return torch.stack(x), torch.tensor([len(r) - 1 for r in rows], device=clip_model.device)
+
+
+def label_features(clip_model, templates, *labels):
+    """Un-normalised features ``(len(labels) * len(templates), D)`` of the filled templates, label-major, in one call.
+
+    Differentiable in the labels' words.
+    """
+    return clip_model.encode_embeddings(*embed_with_label(clip_model, templates, *labels))
+
+
 class PromptTextEncoder(nn.Module):
     """CLIP text features of learned prompt vectors followed by fixed labels.
 
@@ -32,20 +116,18 @@ class PromptTextEncoder(nn.Module):
         ctx_init: The words whose token positions the learned vectors take
             (official: ``"a photo of a"``, so m = 4). Only their count and
             positions matter; their embeddings are replaced.
-        labels: Domain labels, e.g. ``["human", "tolkien elf"]``. The official
-            prompt is ``ctx_init + " " + label`` with no final period.
+        labels: Domain labels (strings or :class:`Label` with a learned word),
+            e.g. ``["human", "tolkien elf"]``. The official prompt is
+            ``ctx_init + " " + label`` with no final period.
     """
 
     def __init__(self, clip_model, ctx_init, labels):
         super().__init__()
         self.clip = clip_model
         self.n_ctx = check_ctx_init(clip_model, ctx_init)
-        self.labels = list(labels)
-        tokens = clip_model.tokenize([f"{ctx_init} {label}" for label in self.labels])  # (n_labels, 77)
-        eot = tokens.argmax(dim=-1)
-        length = int(eot.max()) + 1  # the features never depend on tokens after [EOS]
+        self.labels = [as_label(label) for label in labels]
         with torch.no_grad():
-            embedding = clip_model.embed_tokens(tokens[:, :length])  # (n_labels, L, k)
+            embedding, eot = embed_with_label(clip_model, [f"{ctx_init} {{}}"], *self.labels)  # (n_labels, L, k)
         self.register_buffer("prefix", embedding[:, :1].clone(), persistent=False)  # (n_labels, 1, k) [SOS]
         self.register_buffer("suffix", embedding[:, 1 + self.n_ctx :].clone(), persistent=False)  # labels, [EOS]
         self.register_buffer("eot", eot, persistent=False)  # (n_labels,)
@@ -85,6 +167,9 @@ class PromptTextEncoder(nn.Module):
 def text_constants(clip_model, source_class, target_class, ctx_init):
     """Text features that never change during a run, computed once.
 
+    ``source_class`` / ``target_class`` are strings or :class:`Label` (a
+    learned target word goes wherever the target label does).
+
     Returns a dict of float32 tensors:
         ``source_templates`` / ``target_templates`` ``(D,)``: mean of the
             normalised features of the 79 ImageNet templates (not
@@ -97,16 +182,16 @@ def text_constants(clip_model, source_class, target_class, ctx_init):
             the official Stage-2 hand-written text;
         ``target_label`` ``(D,)``: E_T(Y_t), the target label alone (Eq. 5).
     """
-    source_t = clip_model.template_features(source_class)
-    target_t = clip_model.template_features(target_class)
+    source, target = as_label(source_class), as_label(target_class)
+    source_t, target_t = (normalize(label_features(clip_model, IMAGENET_TEMPLATES, label)) for label in (source, target))
     return {
         "source_templates": source_t.mean(0),
         "target_templates": target_t.mean(0),
         "source_template_features": source_t,
         "target_template_features": target_t,
-        "template": clip_model.encode_text([f"{ctx_init} {source_class}.", f"{ctx_init} {target_class}."]),
+        "template": label_features(clip_model, [f"{ctx_init} {{}}."], source, target),
         "ctx_init": clip_model.encode_text([ctx_init])[0],
-        "target_label": clip_model.encode_text([target_class])[0],
+        "target_label": label_features(clip_model, ["{}"], target)[0],
     }
 
 

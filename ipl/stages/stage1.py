@@ -16,6 +16,7 @@ from .. import config as config_lib
 from ..method.losses import stage1_losses
 from ..method.mapper import build_prompt_model
 from ..method.prompts import PromptTextEncoder, prompt_features, text_constants
+from .target import check_same_target, prepare_target, target_record
 from ..runtime import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KINDS,
@@ -39,8 +40,8 @@ def ctx_init_embedding(clip_model, ctx_init, n_ctx):
         return clip_model.embed_tokens(clip_model.tokenize([ctx_init]))[0, 1 : 1 + n_ctx].float()
 
 
-def prompt_model_meta(config, code_dim, clip_model, n_ctx):
-    """What a saved prompt model needs to be rebuilt without flags."""
+def prompt_model_meta(config, code_dim, clip_model, n_ctx, target=None):
+    """What a saved prompt model needs to be rebuilt without flags (and the target it was trained for)."""
     return {
         "scheme": config.prompt.scheme,
         "w_dim": code_dim,
@@ -50,6 +51,7 @@ def prompt_model_meta(config, code_dim, clip_model, n_ctx):
         "source_class": config.prompt.source_class,
         "target_class": config.prompt.target_class,
         "clip_model": config.clip.model,
+        "target": target_record(target),
     }
 
 
@@ -88,7 +90,7 @@ def load_prompt_model(path, device="cpu"):
     return model.to(device).eval().requires_grad_(False), ckpt
 
 
-def train_mapper(config, backend, clip_model, run_dir, device, resume=False, progress=True):
+def train_mapper(config, backend, clip_model, run_dir, device, resume=False, progress=True, run_target=None):
     """Train the Stage-1 prompt model and write ``run_dir/mapper.pt``.
 
     Args:
@@ -100,6 +102,9 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
         clip_model: :class:`ipl.clip.FrozenCLIP` (on ``device``).
         run_dir: Output folder (``mapper.pt``, ``stats_stage1.jsonl``).
         resume: Continue from ``run_dir/mapper.pt`` if it exists.
+        run_target: The run's :class:`ipl.stages.target.Target` (default: from
+            the config; a learned target word is read from, or written to,
+            ``run_dir/target_word.pt`` first).
 
     Returns:
         Path of the final checkpoint.
@@ -111,8 +116,10 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
     ckpt_path = run_dir / "mapper.pt"
 
     # Text that never changes: templates and hand-written prompts, once.
-    encoder = PromptTextEncoder(clip_model, prompt.ctx_init, [prompt.source_class, prompt.target_class])
-    constants = text_constants(clip_model, prompt.source_class, prompt.target_class, prompt.ctx_init)
+    # (The target label may be a word learned from images: it goes wherever the label does.)
+    run_target = run_target or prepare_target(config, clip_model, run_dir, progress=progress)
+    encoder = PromptTextEncoder(clip_model, prompt.ctx_init, [prompt.source_class, run_target.label])
+    constants = text_constants(clip_model, prompt.source_class, run_target.label, prompt.ctx_init)
     handwritten = constants["template"] if c1.handwritten == "template" else None
     logit_scale = clip_model.logit_scale
 
@@ -136,6 +143,7 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
     start = 0
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, "mapper")
+        check_same_target(ckpt_path, ckpt["prompt"].get("target", {}), run_target)
         model.load_state_dict(ckpt["mapper"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
@@ -150,7 +158,7 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
                 "format": CHECKPOINT_FORMAT,
                 "config": config_lib.to_dict(config),
                 "step": step,
-                "prompt": prompt_model_meta(config, backend.code_dim, clip_model, n_ctx),
+                "prompt": prompt_model_meta(config, backend.code_dim, clip_model, n_ctx, run_target),
                 "mapper": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng": {**rng_state(), **pairs.state()},

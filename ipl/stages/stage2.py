@@ -9,6 +9,7 @@ schedule, logging, checkpoints, resume and divergence checks; the backend
 owns the model.
 """
 
+import functools
 import time
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from ..runtime import (
     set_rng_state,
 )
 from ..sampling import grid, save_png
+from .target import check_same_target, prepare_target, target_record
 
 
-def train_generator(config, backend, clip_model, run_dir, device, prompt_model=None, resume=False, progress=True):
+def train_generator(config, backend, clip_model, run_dir, device, prompt_model=None, resume=False, progress=True, run_target=None):
     """Stage 2: fine-tune a copy of the backend's source model and write the adapted model.
 
     Args:
@@ -41,6 +43,9 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
             (``generator.pt`` for StyleGAN2), ``samples/``, ``stats_stage2.jsonl``.
         prompt_model: The Stage-1 prompt model (``adaptive``, ``learned_fixed``).
         resume: Continue from ``run_dir/stage2.pt`` if it exists.
+        run_target: The run's :class:`ipl.stages.target.Target` (default: from
+            the config, a learned word read from or written to
+            ``run_dir/target_word.pt``).
 
     Returns:
         Path of the adapted model.
@@ -49,14 +54,18 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "stage2.pt"
 
-    # Text: constant features once; the direction provider of the scheme;
-    # then the model to adapt and the stage's seed.
-    directions, constants = build_directions(config, clip_model, backend.code_dim, prompt_model)
+    # The target (text, or images and their learned word); constant text
+    # features once; the direction provider of the scheme; then the model
+    # to adapt and the stage's seed.
+    run_target = run_target or prepare_target(config, clip_model, run_dir, progress=progress)
+    source_features = functools.partial(backend.source_features, config, clip_model)  # NADA's image direction starts there
+    directions, constants = build_directions(config, clip_model, backend.code_dim, prompt_model, run_target, source_features)
     model = backend.adaptation(config, clip_model, constants)
     torch.manual_seed(c2.seed)  # noise, dropout and everything else the backend draws globally
     start = 0
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, "stage2", key=model.checkpoint_key)
+        check_same_target(ckpt_path, ckpt.get("target", {}), run_target)
         model.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"])
         start = ckpt["step"]
@@ -69,7 +78,8 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
             check_finite(step, {"weights": float("nan")}, ckpt_path)
         state = model.state_dict()
         state["rng"] = {**rng_state(), **state.get("rng", {})}
-        atomic_save({"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(config), "step": step, **state}, ckpt_path)
+        record = {"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(config), "step": step, "target": target_record(run_target)}
+        atomic_save({**record, **state}, ckpt_path)
 
     def samples(step):
         save_png(grid(model.sample_rows()), run_dir / "samples" / f"step_{step:06d}.png")

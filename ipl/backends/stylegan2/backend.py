@@ -92,6 +92,18 @@ class StyleGAN2Backend:
     def adaptation(self, config, clip_model, constants):
         return StyleGAN2Adaptation(self, config, clip_model, constants)
 
+    @torch.no_grad()
+    def source_features(self, config, clip_model, n):
+        """NADA's img2img samples: G_s images of seeds 0..n-1, truncation 1, each with random noise drawn from its seed."""
+        features = []
+        for seed in range(n):  # one at a time: an image (and its noise) depends on its seed only
+            w = self.generator.style(z_from_seeds([seed], self.generator.style_dim).to(self.device))
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                image = self.generator([w], input_is_latent=True, randomize_noise=True)[0]
+            features.append(clip_model.encode_images(image, antialias=config.clip.antialias))
+        return torch.cat(features)
+
 
 class StyleGAN2Adaptation:
     """Stage 2 on StyleGAN2: G_s frozen, G_t trained on the selected layers, G_t's EMA saved.
