@@ -240,6 +240,15 @@ class DiffusionCLIPConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    # Training curves besides stats_stage*.jsonl, which stays the record:
+    # every stage's losses, learning rate, seconds per step and sample grids.
+    # They never change results (a run may resume with them switched).
+    tensorboard: bool = False  # event files in RUN/tb/stage1, RUN/tb/stage2 (pip install tensorboard)
+    wandb: bool = False  # Weights & Biases, project "ipl" (pip install wandb; wandb login)
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -255,6 +264,7 @@ class Config:
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusionclip: DiffusionCLIPConfig = field(default_factory=DiffusionCLIPConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -498,6 +508,8 @@ _RULES = {
     "diffusionclip.per_step": _any,
     "diffusionclip.grad_checkpoint": _any,
     "diffusionclip.dropout": _any,
+    "output.tensorboard": _any,
+    "output.wandb": _any,
 }
 
 # Sections only one generator kind reads; setting them for the other is an error.

@@ -11,7 +11,7 @@ import yaml
 
 from . import config as config_lib
 from .build import build_backend, build_clip
-from .runtime import CheckpointError, choose_device, folder_problem, keep_freed_memory, load_checkpoint
+from .runtime import CheckpointError, check_curves, choose_device, folder_problem, keep_freed_memory, load_checkpoint
 from .stages.stage1 import STAGE1_SCHEMES, load_prompt_model, train_mapper
 from .stages.stage2 import train_generator
 from .stages.target import check_same_target, prepare_target, target_image_files
@@ -43,7 +43,7 @@ def stage2_keys(kind="stylegan2"):
 STAGE1_KEYS = stage1_keys()
 STAGE2_KEYS = stage2_keys()
 # Settings that change speed or memory, never results; they may differ on resume.
-NEUTRAL_KEYS = ("generator.render_chunk", "stage1.images", "stage1.log_every", "stage1.checkpoint_every", "stage2.chunk", "stage2.log_every", "stage2.checkpoint_every", "stage2.output_interval")
+NEUTRAL_KEYS = ("generator.render_chunk", "stage1.images", "stage1.log_every", "stage1.checkpoint_every", "stage2.chunk", "stage2.log_every", "stage2.checkpoint_every", "stage2.output_interval", "output.tensorboard", "output.wandb")
 
 
 def _get(data, dotted):
@@ -118,6 +118,7 @@ def check_run_inputs(config):
             origin = "" if given else f" (the default, from {'name' if key == 'run_dir' else 'your home folder'})"
             raise config_lib.ConfigError(f"{key}: {folder}{origin} {problem}; choose another folder with --set {key}=DIR")
     check_clip_name(config.clip.model)
+    check_curves(config.output)
     if config.prompt.target_images:
         target_image_files(config.prompt.target_images)
 

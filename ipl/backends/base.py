@@ -56,6 +56,7 @@ class Adaptation(Protocol):
     checkpoint_key: str  # a key every Stage-2 checkpoint of this backend holds
     adapted_file: str  # file name of the adapted model in the run directory
     iterations: int  # training steps of the whole run
+    optimizer: torch.optim.Optimizer  # what update() steps; its learning rate is logged
     # Images per backward pass (0 = the whole batch). Only a loss that is a
     # mean over images may be chunked; DiffusionCLIP's is not (0).
     chunk: int

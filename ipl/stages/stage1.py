@@ -21,10 +21,11 @@ from ..runtime import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KINDS,
     CheckpointError,
-    StatsLog,
     atomic_save,
     check_finite,
+    learning_rate,
     load_checkpoint,
+    open_stats,
     progress_bar,
     rng_state,
     set_rng_state,
@@ -149,8 +150,7 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
         set_rng_state(ckpt["rng"])
         pairs.load_state(ckpt["rng"])
         start = ckpt["step"]
-    log = StatsLog(run_dir / "stats_stage1.jsonl", resume=start > 0)
-    log.truncate_after(start)
+    log = open_stats(config, run_dir, "stage1", start)
 
     def save(step):
         atomic_save(
@@ -194,11 +194,12 @@ def train_mapper(config, backend, clip_model, run_dir, device, resume=False, pro
         bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
         if done % c1.log_every == 0 or done == c1.iterations:
             now = time.time()
-            log.write(done, **values, sec_per_iter=round((now - tick) / (done - last_logged), 4))
+            log.write(done, **values, lr=learning_rate(optimizer), sec_per_iter=round((now - tick) / (done - last_logged), 4))
             tick, last_logged = now, done
         if done % c1.checkpoint_every == 0 or done == c1.iterations:
             save(done)
     bar.close()
+    log.close()
     if start >= c1.iterations and not ckpt_path.exists():
         save(start)
     return ckpt_path

@@ -19,11 +19,12 @@ from .. import config as config_lib
 from ..method.directions import build_directions
 from ..runtime import (
     CHECKPOINT_FORMAT,
-    StatsLog,
     TrainingDiverged,
     atomic_save,
     check_finite,
+    learning_rate,
     load_checkpoint,
+    open_stats,
     progress_bar,
     rng_state,
     set_rng_state,
@@ -69,8 +70,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
         model.load_state_dict(ckpt)
         set_rng_state(ckpt["rng"])
         start = ckpt["step"]
-    log = StatsLog(run_dir / "stats_stage2.jsonl", resume=start > 0)
-    log.truncate_after(start)
+    log = open_stats(config, run_dir, "stage2", start)
 
     def save(step):
         # Never write weights that went non-finite; keep the last good file.
@@ -82,7 +82,9 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
         atomic_save({**record, **state}, ckpt_path)
 
     def samples(step):
-        save_png(grid(model.sample_rows()), run_dir / "samples" / f"step_{step:06d}.png")
+        image = grid(model.sample_rows())
+        save_png(image, run_dir / "samples" / f"step_{step:06d}.png")
+        log.image(step, "samples", image)
 
     total = model.iterations
     antialias = config.clip.antialias  # the image features of Stage 1 and Stage 2 are made alike
@@ -110,6 +112,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0) + value.detach() * (len(index) / n)
         n_summed += 1
+        lr = learning_rate(model.optimizer)  # the rate this step used; update() may schedule the next
         model.update(step)
 
         done = step + 1
@@ -118,7 +121,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
             check_finite(done, means, ckpt_path)
             now = time.time()
             extra = {} if trained is None else {"layers": trained}
-            log.write(done, **means, **extra, sec_per_iter=round((now - tick) / n_summed, 4))
+            log.write(done, **means, **extra, lr=lr, sec_per_iter=round((now - tick) / n_summed, 4))
             bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
             sums, n_summed, tick = {}, 0, now
         if done % c2.output_interval == 0 or done == total:
@@ -126,6 +129,7 @@ def train_generator(config, backend, clip_model, run_dir, device, prompt_model=N
         if done % c2.checkpoint_every == 0 or done == total:
             save(done)
     bar.close()
+    log.close()
 
     out = run_dir / model.adapted_file
     model.save_adapted(out, total)
