@@ -148,11 +148,21 @@ def test_nadas_image_direction_is_the_one_written_out_here(tmp_path, style):
         seen.append(text_direction.detach().clone())
         return real(source_features, target_features, text_direction)
 
+    labels = []
+    real_selection = sg2_backend.select_layers
+
+    def selection_spy(generator, clip_model, w, text_feature, *args, **kwargs):
+        labels.append(text_feature.clone())
+        return real_selection(generator, clip_model, w, text_feature, *args, **kwargs)
+
     sg2_backend.direction_loss, saved = spy, sg2_backend.direction_loss
+    sg2_backend.select_layers = selection_spy
     try:
         train_generator(config, tiny.backend, tiny.clip, tmp_path / "run", "cpu", progress=False)
     finally:
-        sg2_backend.direction_loss = saved
+        sg2_backend.direction_loss, sg2_backend.select_layers = saved, real_selection
+    # NADA's layer selection still scores against the text target_class when the target is images.
+    torch.testing.assert_close(labels[0], tiny.clip.encode_text(["tolkien elf"])[0])
     assert seen and all(x.shape == d.shape for x in seen)
     for x in seen:  # the loop hands NADA's image direction to the loss, not the text one
         torch.testing.assert_close(x, d, rtol=1e-4, atol=1e-5)
@@ -267,11 +277,14 @@ def test_a_word_learned_from_other_images_or_settings_is_refused(tmp_path, tiny)
     again = target_lib.prepare_target(config, tiny.clip, tmp_path / "run", progress=False)
     assert torch.equal(first.label.word, again.label.word)
     other = tiny_config(tmp_path, f"prompt.target_images={folder}", "prompt.word_steps=3")
-    with pytest.raises(CheckpointError, match="target_word.pt was learned with other word_steps"):
+    with pytest.raises(CheckpointError, match="target_word.pt was learned with other prompt.word_steps; train the run again with --restart"):
         target_lib.prepare_target(other, tiny.clip, tmp_path / "run", progress=False)
     Image.fromarray(synthetic_photos(1, seed=99)[0]).save(folder / "style0.jpg")
-    with pytest.raises(CheckpointError, match="learned with other the images in"):
+    with pytest.raises(CheckpointError, match="learned with other images than .*style now holds"):
         target_lib.prepare_target(config, tiny.clip, tmp_path / "run", progress=False)
+    relearned = target_lib.prepare_target(config, tiny.clip, tmp_path / "run", progress=False, relearn=True)  # --restart
+    assert not torch.equal(relearned.label.word, first.label.word)
+    assert torch.equal(target_lib.read_word(tmp_path / "run" / target_lib.WORD_FILE)["word"], relearned.label.word)
 
 
 def test_the_images_hash_follows_names_and_contents(tmp_path):

@@ -115,18 +115,20 @@ def read_word(path):
     return data
 
 
-def prepare_target(config, clip_model, run_dir, progress=True):
+def prepare_target(config, clip_model, run_dir, progress=True, relearn=False):
     """The :class:`Target` of a run; learns and writes ``run_dir/target_word.pt`` when a scheme needs a word.
 
     Without ``prompt.target_images``: the text label. With images and the
     ``manual`` scheme (NADA): the text label (NADA's layer selection still
     reads it) and the images' features. With images and an IPL scheme: the
     learned word, read from ``target_word.pt`` when that file was learned
-    from the same images with the same settings, else learned now.
+    from the same images with the same settings, else learned now
+    (``relearn``: learned now in any case, replacing the file, as a restarted
+    run replaces its checkpoints).
 
     Raises:
         CheckpointError: ``target_word.pt`` exists but was learned from other
-            images or with other settings.
+            images or with other settings (and ``relearn`` is false).
     """
     p = config.prompt
     if not p.target_images:
@@ -139,15 +141,15 @@ def prepare_target(config, clip_model, run_dir, progress=True):
 
     path = Path(run_dir) / WORD_FILE
     settings = word_settings(config)
-    if path.exists():
+    if path.exists() and not relearn:
         data = read_word(path)
-        changed = [k for k, v in settings.items() if data.get("settings", {}).get(k) != v]
+        changed = [f"prompt.{k}" if "." not in k else k for k, v in settings.items() if data.get("settings", {}).get(k) != v]
         if data.get("images_sha256") != digest:
-            changed.insert(0, f"the images in {p.target_images}")
+            changed.insert(0, f"images than {p.target_images} now holds")
         if changed:
             raise CheckpointError(
-                f"{path} was learned with other {', '.join(changed)}; delete it to learn the word again "
-                "(with the Stage-1 and Stage-2 checkpoints beside it), or use another run name (name=... or run_dir=...)"
+                f"{path} was learned with other {', '.join(changed)}; train the run again with --restart "
+                "(it learns the word again), or train into another run (--set name=NEW)"
             )
         return Target(Label(data["text"], data["word"].to(clip_model.device)), features, digest)
 
