@@ -22,6 +22,7 @@ from .evaluation.settings import EvaluationError
 from .images import UnreadableImageError
 from .inversion.align import MissingDependencyError
 from .metrics.weights import MissingWeightsError, WeightsFileError, WeightsMismatchError
+from .outputs import OutputError
 from .runtime import TrainingDiverged, folder_problem
 from .safe_load import SafeLoadError
 
@@ -44,6 +45,7 @@ USER_ERRORS = (
     MissingDependencyError,
     UnreadableImageError,
     SafeLoadError,
+    OutputError,
 )
 USAGE_EXIT, BUG_EXIT, INTERRUPTED_EXIT = 2, 1, 130
 DEBUG_ENV = "IPL_DEBUG"
@@ -145,14 +147,26 @@ def _memory_hint(e):
     return None
 
 
-def run(main, extra_errors=()):
-    """Run a script's ``main`` inside the error boundary; returns only if ``main`` succeeds."""
+def run(main, extra_errors=(), resume_hint=None, weight_flags=None):
+    """Run a script's ``main`` inside the error boundary; returns only if ``main`` succeeds.
+
+    Args:
+        resume_hint: What continues an interrupted run of this script, in its
+            own flags (said after Ctrl-C); None for scripts that do not resume.
+        weight_flags: The script's flags for weight files (keyword arguments of
+            :func:`ipl.metrics.weights.script_flags`), which messages about a
+            missing file then name.
+    """
+    from .metrics.weights import script_flags
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        main()
+        with script_flags(**(weight_flags or {})):
+            main()
     except KeyboardInterrupt:
-        print("interrupted; checkpoints on disk are complete (run the same command with --resume to continue)", file=sys.stderr)
+        then = f" ({resume_hint})" if resume_hint else ""
+        print(f"interrupted; the files written so far are complete{then}", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT)
     except USER_ERRORS + tuple(extra_errors) as e:
         if debug:

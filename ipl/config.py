@@ -751,15 +751,36 @@ def load_config(paths=None, overrides=()):
     data = {}
     for path in paths:
         data = _merge(data, read_config_file(path))
+    from_files = data
     for text in overrides:
         data = _merge(data, parse_override(text))
-    where = f" (in {', '.join(map(str, paths))})" if paths else ""
     try:
         config = from_dict(data)
         check_kind_keys(config, config.generator.kind)
     except ConfigError as e:
-        raise ConfigError(f"{e}{where}") from None
+        raise ConfigError(f"{e}{_origin(from_files, paths, overrides)}") from None
     return config
+
+
+def _origin(from_files, paths, overrides):
+    """Where a value that fails validation came from: the first --set override that makes the
+    config fail, else the files."""
+
+    def fails(data):
+        try:
+            config = from_dict(data)
+            check_kind_keys(config, config.generator.kind)
+        except ConfigError:
+            return True
+        return False
+
+    data = from_files
+    if overrides and not fails(from_files):
+        for text in overrides:
+            data = _merge(data, parse_override(text))
+            if fails(data):
+                return f" (from --set {text})"
+    return f" (in {', '.join(map(str, paths))})" if paths else ""
 
 
 def save_config(config, path):

@@ -1,4 +1,11 @@
-"""Image files in and out of tensors: listing a folder, reading one image at a model's resolution."""
+"""Image files in and out of tensors: listing a folder, reading one image at a model's resolution.
+
+Images are read as what they are: 16-bit and other high-depth images are
+scaled to 8 bits (Pillow's ``convert("RGB")`` clips them, turning a 16-bit
+grey photo white), images smaller than :data:`MIN_IMAGE_SIDE` are refused
+with their size, and the reason a file cannot be read (truncated, larger
+than Pillow's decompression-bomb guard, not an image) stays in the message.
+"""
 
 import contextlib
 from pathlib import Path
@@ -8,6 +15,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The smallest side this project reads: nothing smaller holds a face or a
+# style, and upsampling it to a model's resolution would only invent one.
+MIN_IMAGE_SIDE = 32
+# Pillow's modes of more than 8 bits per channel, and the largest value each holds:
+# 16-bit PNG / TIFF greys ("I;16*", or "I" as older Pillow and TIFF give them).
+_HIGH_DEPTH_MAX = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
 
 
 class UnreadableImageError(ValueError):
@@ -40,17 +53,41 @@ def _opened(path):
         raise UnreadableImageError(f"{path}: {'a folder, not an image file' if path.is_dir() else 'no such file'}")
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if min(width, height) < MIN_IMAGE_SIDE:
+                raise UnreadableImageError(
+                    f"{path}: the image is {width}x{height} pixels, smaller than the {MIN_IMAGE_SIDE} px "
+                    "this project reads on each side; use a larger image"
+                )
             yield image
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(
+            f"{path}: too large for Pillow's decompression-bomb guard ({error}); resize it, "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         # PIL reports some damage as SyntaxError (e.g. a broken PNG chunk).
-        raise UnreadableImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+        truncated = "truncated" in str(error).lower() or isinstance(error, EOFError)
+        what = "the file is truncated" if truncated else "not a readable image"
+        raise UnreadableImageError(f"{path}: {what} ({type(error).__name__}: {error})") from None
 
 
 def check_image(path):
-    """Raise :class:`UnreadableImageError` unless ``path`` is an image file PIL can open (header and checksums, no decoding)."""
+    """Raise :class:`UnreadableImageError` unless ``path`` is an image file PIL can open (header and
+    checksums, no decoding) of at least :data:`MIN_IMAGE_SIDE` pixels a side."""
     with _opened(path) as image:
         image.verify()
     return Path(path)
+
+
+def to_rgb(image):
+    """A ``PIL.Image`` of any mode as 8-bit RGB, high-depth modes scaled (not clipped) to 0..255."""
+    if image.mode in _HIGH_DEPTH_MAX or image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = _HIGH_DEPTH_MAX.get(image.mode, 1.0 if array.max(initial=0.0) <= 1.0 else 65535)  # "F": [0, 1], else 16-bit
+        array = np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(array, "L").convert("RGB")
+    return image.convert("RGB")
 
 
 def expand_image_paths(paths):
@@ -73,7 +110,7 @@ def load_photo(path):
     """
     with _opened(path) as image:
         image.load()
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(image))
 
 
 def center_square(image):

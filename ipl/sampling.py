@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+MAX_SEEDS = 1_000_000  # seeds in one --seeds value: far above any evaluation (FID takes 50k)
 
-def parse_seeds(text):
-    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
-    seeds = []
+
+def parse_seeds(text, max_count=MAX_SEEDS):
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (at most ``max_count`` seeds, counted before any list is built)."""
+    ranges = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
@@ -28,7 +30,11 @@ def parse_seeds(text):
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise ValueError(f"seed range {part!r} is empty")
-        seeds.extend(range(lo, hi + 1))
+        ranges.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in ranges)
+    if count > max_count:
+        raise ValueError(f"{text!r} names {count:,} seeds, more than the {max_count:,} one run takes: split the range over several runs")
+    seeds = [seed for lo, hi in ranges for seed in range(lo, hi + 1)]
     if not seeds:
         raise ValueError(f"no seeds in {text!r}")
     return seeds
@@ -393,8 +399,10 @@ def write_samples(
         raise ValueError("interpolate='alpha' goes from the source to the adapted weights: a source generator is needed")
     if interpolate not in (None, "alpha", "seeds"):
         raise ValueError(f"interpolate must be None, 'alpha' or 'seeds', got {interpolate!r}")
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    from .outputs import OutputFolder
+
+    out = outdir if isinstance(outdir, OutputFolder) else OutputFolder(outdir, "outdir", "write_samples")
+    outdir = out.folder
     generator = adapted if alpha == 1 else blend_generators(source, adapted, alpha)
     kw = dict(truncation=truncation, truncation_latent=truncation_latent, chunk=batch)
     written = {"images": []}
@@ -405,14 +413,14 @@ def write_samples(
         part = seeds[start : start + batch]
         images = to_uint8(render(generator, z_from_seeds(part, generator.style_dim), **kw))  # (B, H, W, 3)
         for seed, image in zip(part, images):
-            save_png(image, outdir / seed_filename(seed))
+            save_png(image, out.path(seed_filename(seed)))
             written["images"].append(str(outdir / seed_filename(seed)))
         grid_rows.extend(image for seed, image in zip(part, images) if seed in shown)
     if shown:
         rows = [np.stack(grid_rows)]
         if source is not None:
             rows.insert(0, to_uint8(render(source, z_from_seeds(shown, source.style_dim), **kw)))
-        save_png(tile(rows), outdir / "grid.png")
+        save_png(tile(rows), out.path("grid.png"))
         written["grid"] = str(outdir / "grid.png")
 
     if interpolate is not None:
@@ -420,10 +428,10 @@ def write_samples(
             strip, frames = alpha_strip(source, adapted, shown, steps, **kw)
         else:
             strip, frames = seed_strip(generator, shown, steps, **kw)
-        save_png(strip, outdir / f"interp_{interpolate}.png")
+        save_png(strip, out.path(f"interp_{interpolate}.png"))
         written["strip"] = str(outdir / f"interp_{interpolate}.png")
         if gif:
-            save_gif(frames, outdir / f"interp_{interpolate}.gif")
+            save_gif(frames, out.path(f"interp_{interpolate}.gif"))
             written["gif"] = str(outdir / f"interp_{interpolate}.gif")
 
     settings = {
@@ -436,6 +444,6 @@ def write_samples(
         "interpolate": interpolate,
         "steps": steps if interpolate else None,
     }
-    (outdir / "generate.json").write_text(json.dumps(settings, indent=2) + "\n")
+    out.path("generate.json").write_text(json.dumps(settings, indent=2) + "\n")
     written["settings"] = str(outdir / "generate.json")
     return written

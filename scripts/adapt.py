@@ -9,18 +9,20 @@ Stage-1 checkpoint in the run directory is reused; interrupted stages resume
 """
 
 from ipl import cli
-from ipl.pipeline import Session
+from ipl.pipeline import Session, check_run_dir
 
 
 def main():
     parser = cli.config_parser(__doc__.splitlines()[0])
     parser.add_argument("--restart", action="store_true", help="ignore checkpoints already in the run directory")
     args = parser.parse_args()
-    session = Session(cli.load(args), progress=not args.no_progress)
+    config = cli.load(args)
+    check_run_dir(config, "adapt", resume=not args.restart, restart=args.restart)  # before any model is loaded
+    session = Session(config, progress=not args.no_progress)
     path = session.adapt(resume=not args.restart)
     print(f"adapted generator: {path}")
     print(f"samples: {session.run_dir / 'samples'}")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, resume_hint="run the same command again (without --restart) to continue")

@@ -15,6 +15,7 @@ from ipl.backends.stylegan2 import StyleGAN2Backend
 from ipl.backends.stylegan2.bank import build_stage1_bank
 from ipl.build import build_clip
 from ipl.config import ConfigError, resolve
+from ipl.pipeline import check_run_inputs
 
 
 def main():
@@ -26,6 +27,7 @@ def main():
             f"generator.kind={config.generator.kind}: the source-feature bank is StyleGAN2's; a Diff-IPL run "
             "encodes its own images once (scripts/train_mapper.py does it)"
         )
+    check_run_inputs(config)  # a cache_dir that is a file, an unknown CLIP: before anything is built
     world, device = distributed.init(args.device or config.device)
     backend = StyleGAN2Backend(config, device)
     clip_model = build_clip(config.clip, device)
@@ -38,4 +40,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, resume_hint="run the same command again to continue")

@@ -59,4 +59,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, resume_hint="run the same command again to continue")

@@ -9,10 +9,20 @@ source's, else the mean W of 4096 seeded codes (see ipl.sampling.truncation_cent
 """
 
 import argparse
+from pathlib import Path
 
 from ipl import cli
+from ipl.outputs import OutputError, OutputFolder
 from ipl.runtime import choose_device
-from ipl.sampling import RECORDED_SOURCE, load_adapted, load_source, parse_seeds, truncation_centre, write_samples
+from ipl.sampling import (
+    RECORDED_SOURCE,
+    load_adapted,
+    load_source,
+    parse_seeds,
+    seed_filename,
+    truncation_centre,
+    write_samples,
+)
 
 
 def parse_args():
@@ -55,7 +65,18 @@ def parse_args():
         p.error(f"--seeds: {e}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error("--seeds lists a seed twice (each seed names one file)")
-    cli.check_output_folder(p, args.outdir, "--outdir")
+    if args.interpolate == "seeds" and min(len(args.seeds), args.grid) < 2:
+        p.error("--interpolate seeds walks between consecutive seeds: give --seeds with at least two seeds")
+    # The outputs may replace neither the checkpoints read nor a file generate.py did not write.
+    names = [seed_filename(s) for s in args.seeds] + ["grid.png", "generate.json"]
+    if args.interpolate:
+        names += [f"interp_{args.interpolate}.png", f"interp_{args.interpolate}.gif"]
+    reads = [args.ckpt] + ([args.source] if args.source and Path(args.source).exists() else [])
+    try:
+        args.out = OutputFolder(args.outdir, "--outdir", "generate.py", reads=reads)
+        args.out.check(*names)
+    except OutputError as e:
+        p.error(str(e))
     return args
 
 
@@ -67,7 +88,7 @@ def main():
     centre, centre_from = truncation_centre(adapted_info, source_info, source if source is not None else adapted)
     written = write_samples(
         adapted,
-        args.outdir,
+        args.out,
         args.seeds,
         source=source,
         alpha=args.alpha,

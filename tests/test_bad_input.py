@@ -10,6 +10,7 @@ problem. Inputs that can be checked before a model is built or downloaded are
 refused before (the cases run in seconds because of it).
 """
 
+import hashlib
 import os
 import pickle
 import runpy
@@ -20,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from helpers import REPO, TINY_DIFFAE_OVERRIDES, TINY_OVERRIDES, save_tiny_diffae_run
@@ -138,7 +140,34 @@ def f(tmp_path_factory):
     torch.save(mapper, root / "run_bad_stage2" / "mapper.pt")
     (root / "run_bad_stage2" / "stage2.pt").write_bytes(data[: len(data) // 3])
 
+    # A finished StyleGAN2 run (its config recorded), photos named like its files, images too small or cut.
+    finished = root / "finished"
+    finished.mkdir()
+    save_generator(finished / "generator.pt", generator, config=config_lib.to_dict(config), step=4)
+    torch.save({**mapper, "config": config_lib.to_dict(config)}, finished / "mapper.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(config), "step": 4, "g": {}, "g_ema": {}, "g_optim": {}}, finished / "stage2.pt")
+    (finished / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config)))
+    files.finished = finished
+    files.photos = root / "photos"
+    files.photos.mkdir()
+    files.photo_named_generator = write_png(files.photos / "generator.png", size=40)
+    files.tiny_png = write_png(root / "tiny.png", size=1)
+    files.cut_png = root / "cut.png"
+    write_png(root / "whole.png", size=64)
+    files.cut_png.write_bytes((root / "whole.png").read_bytes()[:300])
+    files.user_outdir = root / "user_outdir"
+    files.user_outdir.mkdir()
+    for name in ("grid.png", "metrics.json", "seed0000.png"):
+        (files.user_outdir / name).write_text("the user's own file\n")
+    other = config_lib.load_config(None, [*TINY_OVERRIDES, "prompt.target_class=werewolf"])
+    torch.save({**mapper, "config": config_lib.to_dict(other)}, root / "werewolf_mapper.pt")
+    files.werewolf_mapper = root / "werewolf_mapper.pt"
+    other = config_lib.load_config(None, [*TINY_OVERRIDES, "generator.seed=5"])
+    torch.save({**mapper, "config": config_lib.to_dict(other)}, root / "other_generator_mapper.pt")
+    files.other_generator_mapper = root / "other_generator_mapper.pt"
+
     files.sg = ["--config", CONFIGS / "tiny.yaml", *sets(*TINY_OVERRIDES, f"run_dir={root / 'run'}", f"cache_dir={root / 'cache'}")]
+    files.sg_finished = ["--config", CONFIGS / "tiny.yaml", *sets(*TINY_OVERRIDES, f"run_dir={finished}", f"cache_dir={root / 'cache'}")]
     files.dae = ["--config", CONFIGS / "tiny_diffae.yaml", *sets(*TINY_DIFFAE_OVERRIDES, f"run_dir={root / 'run_dae'}", f"cache_dir={root / 'cache'}")]
     return files
 
@@ -307,7 +336,7 @@ CASES = {
     "translate-ckpt-is-a-mapper": (S + "translate.py", lambda f: ["--ckpt", f.mapper, "--images", f.good_png, "--outdir", f.root / "t", "--aligned"], "is a Stage-1 checkpoint"),
     "translate-images-match-nothing": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.root / "photos" / "*.jpg", "--outdir", f.root / "t"], "a pattern that matched nothing?"),
     "translate-images-empty-folder": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.no_images, "--outdir", f.root / "t"], "holds no images"),
-    "translate-images-unreadable": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.broken_png, "--outdir", f.root / "t"], "is a readable image"),
+    "translate-images-unreadable": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.broken_png, "--outdir", f.root / "t"], ["no readable image among", "broken.png"]),
     "translate-outdir-is-a-file": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.a_file], "--outdir"),
     "translate-alpha-outside": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--alpha", "-0.1"], "--alpha must be in [0, 1]"),
     "translate-steps-0": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--invert", "project", "--steps", "0"], "argument --steps: must be an integer >= 1"),
@@ -315,7 +344,7 @@ CASES = {
     "translate-space-without-project": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--space", "w+"], "give --invert project"),
     "translate-seed-negative": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--invert", "project", "--seed=-1"], "argument --seed: must be an integer >= 0"),
     "translate-iterations-0": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--iterations", "0"], "argument --iterations: must be an integer >= 1"),
-    "translate-iterations-e4e": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--invert", "e4e", "--iterations", "3"], "e4e encodes in one pass"),
+    "translate-iterations-e4e": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--invert", "e4e", "--iterations", "3"], "--iterations is for ReStyle"),
     "translate-encoder-folder": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--aligned", "--encoder", f.folder, "--device", "cpu"], "is a folder, not an e4e / ReStyle encoder checkpoint"),
     "translate-encoder-truncated": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--aligned", "--encoder", f.truncated, "--device", "cpu"], ["not a readable e4e / ReStyle encoder checkpoint", "Google Drive"]),
     "translate-encoder-is-a-generator": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--aligned", "--encoder", f.gen, "--device", "cpu"], ["not an e4e / ReStyle checkpoint", "it holds a StyleGAN2 generator checkpoint"]),
@@ -373,19 +402,73 @@ CASES = {
     # --- build_bank.py ---------------------------------------------------------
     "build-bank-diffae": (S + "build_bank.py", lambda f: ["--config", CONFIGS / "tiny_diffae.yaml"], "the source-feature bank is StyleGAN2's"),
     "build-bank-bad-override": (S + "build_bank.py", lambda f: ["--config", CONFIGS / "tiny.yaml", "--set", "stage1.batch=1"], "stage1.batch: 1 must be >= 2"),
+    "build-bank-cache-dir-is-a-file": (S + "build_bank.py", lambda f: [*f.sg, "--set", f"cache_dir={f.a_file}"], ["cache_dir:", "is a file"]),
+    # --- never lose work: outputs that would replace what a script did not write --------
+    "translate-outdir-is-the-run": (S + "translate.py", lambda f: ["--ckpt", f.finished / "generator.pt", "--images", f.photo_named_generator, "--outdir", f.finished, "--aligned"], ["writing generator.pt would replace", "which translate.py reads"]),
+    "translate-outdir-is-another-run": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.photo_named_generator, "--outdir", f.finished, "--aligned"], ["already holds generator.pt", "translate.py did not write"]),
+    "translate-outdir-is-the-images-folder": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.photos, "--outdir", f.photos, "--aligned"], ["--outdir", "is the input folder"]),
+    "translate-outdir-inside-the-images-folder": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.photos, "--outdir", f.photos / "out", "--aligned"], "lies inside the input folder"),
+    "translate-outdir-holds-the-users-grid": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.user_outdir, "--aligned"], "already holds grid.png"),
+    "generate-outdir-holds-the-users-files": (S + "generate.py", lambda f: ["--ckpt", f.gen, "--seeds", "0-1", "--outdir", f.user_outdir], ["already holds seed0000.png", "generate.py did not write"]),
+    "evaluate-out-holds-the-users-metrics": (S + "evaluate.py", lambda f: ["--adapted", f.gen, "--metrics", "clip", "--clip-model", "tiny", "--n", "2", "--out", f.user_outdir], "already holds metrics.json"),
+    "evaluate-out-is-the-images-folder": (S + "evaluate.py", lambda f: ["--adapted", f.autoencoder, "--images", f.photos, "--metrics", "clip", "--clip-model", "tiny", "--n", "2", "--out", f.photos], "is the input folder"),
+    # --- never replace a finished run silently -------------------------------
+    "train-generator-over-a-finished-run": (S + "train_generator.py", lambda f: f.sg_finished, ["stage2.pt exists", "--resume continues it", "--restart"]),
+    "train-generator-over-a-finished-run-other-label": (S + "train_generator.py", lambda f: [*f.sg_finished, "--set", "prompt.target_class=werewolf"], "stage2.pt exists"),
+    "train-generator-resume-other-label": (S + "train_generator.py", lambda f: [*f.sg_finished, "--set", "prompt.target_class=werewolf", "--resume"], ["different configuration (prompt.target_class", "--set name=NEW"]),
+    "train-mapper-over-a-finished-run": (S + "train_mapper.py", lambda f: f.sg_finished, ["mapper.pt exists", "--resume continues it", "--restart"]),
+    "train-mapper-restart-under-a-generator": (S + "train_mapper.py", lambda f: [*f.sg_finished, "--restart"], ["was adapted with the Stage-1 prompts", "adapt.py ... --restart"]),
+    "train-mapper-resume-and-restart": (S + "train_mapper.py", lambda f: [*f.sg_finished, "--resume", "--restart"], "not allowed with argument"),
+    "adapt-over-a-run-of-other-labels": (S + "adapt.py", lambda f: [*f.sg_finished, "--set", "prompt.target_class=werewolf"], ["different configuration (prompt.target_class", "adapt.py ... --restart"]),
+    "mapper-of-other-labels": (S + "train_generator.py", lambda f: [*f.sg, "--mapper", f.werewolf_mapper], ["different configuration (prompt.target_class: 'werewolf' in the checkpoint", "--mapper"]),
+    "mapper-of-another-generator": (S + "train_generator.py", lambda f: [*f.sg, "--mapper", f.other_generator_mapper], "generator.seed: 5 in the checkpoint, 0 now"),
+    "mapper-of-another-family": (S + "train_generator.py", lambda f: [*f.sg, "--mapper", f.diffae_mapper], ["generator.kind=diffae", "this model family"]),
+    # --- images read as what they are ------------------------------------------
+    "translate-image-1x1": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.tiny_png, "--outdir", f.root / "t", "--aligned"], ["1x1 pixels", "smaller than the 32 px"]),
+    "translate-image-truncated": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.cut_png, "--outdir", f.root / "t", "--aligned"], "truncated", ["a pattern that matched nothing"]),
+    "translate-image-decompression-bomb": (S + "translate.py", lambda f: ["--ckpt", f.gen, "--images", f.good_png, "--outdir", f.root / "t", "--aligned"], "decompression-bomb guard", ["a pattern that matched nothing"]),
+    "data-test-images-too-few": (S + "adapt.py", lambda f: [*f.dae, "--set", f"data.test_images={f.photos}", "--set", "data.n_test=2"], ["fewer than the 2", "lower data.n_test"], ["data.n_images"]),
+    # --- every message in the flags the user types ------------------------------
+    "set-value-blamed-on-the-set": (S + "adapt.py", lambda f: ["--config", CONFIGS / "tiny.yaml", "--set", "stage1.batch=0"], "(from --set stage1.batch=0)", ["(in "]),
+    "config-value-blamed-on-the-file": (S + "adapt.py", lambda f: ["--config", f.yaml_batch0, "--set", "stage1.lr=0.1"], "batch0.yaml)", ["(from --set"]),
+    "evaluate-metrics-empty": (S + "evaluate.py", lambda f: ["--adapted", f.gen, "--metrics", ""], "names no metric"),
+    "evaluate-weights-missing-names-flags": (S + "evaluate.py", lambda f: ["--adapted", f.gen, "--metrics", "scs", "--n", "2", "--device", "cpu"], ["--download", "--weights-dir"], ["download=True", "path="]),
+    "generate-interpolate-seeds-one-seed": (S + "generate.py", lambda f: ["--ckpt", f.gen, "--seeds", "5", "--interpolate", "seeds", "--outdir", f.root / "o"], "at least two seeds"),
+    "generate-a-billion-seeds": (S + "generate.py", lambda f: ["--ckpt", f.gen, "--seeds", "0-999999999", "--outdir", f.root / "o"], ["1,000,000,000 seeds", "split the range"], ["memory"]),
 }
 NEEDS_NO_GPU = {"device-cuda", "device-cuda-set", "inspect-device-cuda", "evaluate-device-cuda", "gpu-check-device-cuda"}
+
+
+def snapshot(root):
+    """SHA-256 of every file under ``root``."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# Cases that need more than arguments: (monkeypatch, files) -> None, run before the script.
+SETUP = {
+    "translate-image-decompression-bomb": lambda mp, f: mp.setattr("PIL.Image.MAX_IMAGE_PIXELS", 100),
+    "evaluate-weights-missing-names-flags": lambda mp, f: mp.setenv("TORCH_HOME", str(f.root / "torch_home")),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_clear_line(case, f, monkeypatch, capsys):
     if case in NEEDS_NO_GPU and not NO_GPU:
         pytest.skip("a CUDA GPU is visible: --device cuda is valid here")
-    script, args, expected = CASES[case]
+    script, args, expected = CASES[case][:3]
     monkeypatch.setenv("IPL_PRETRAINED_DIR", str(f.root / "pretrained"))  # nothing is installed: no download starts
+    if case in SETUP:
+        SETUP[case](monkeypatch, f)
+    before = snapshot(f.root)
     code, _, err = run(REPO / script, args(f), monkeypatch, capsys)
     assert_one_clear_line(code, err, expected)
+    for phrase in CASES[case][3] if len(CASES[case]) > 3 else ():
+        assert phrase not in err, f"{phrase!r} in: {err}"
     assert not f.sentinel.exists(), "code from a pickle ran"
+    # Nothing that existed before the command changed: no run file, checkpoint, input or user file.
+    after = snapshot(f.root)
+    changed = [str(p) for p, digest in before.items() if after.get(p) != digest]
+    assert not changed, f"{case} changed or removed {changed}"
 
 
 # ---------------------------------------------------------------------------

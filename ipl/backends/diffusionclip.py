@@ -77,6 +77,10 @@ def _rows(cond, index):
 # Images
 
 
+# The config keys that count the images read from each folder.
+_COUNT_KEYS = {"data.images": "data.n_images (and data.n_train, stage1.batch)", "data.test_images": "data.n_test"}
+
+
 def training_images(folder, n, what="data.images"):
     """The first ``n`` image files of ``folder`` in name order; a clear error if there are fewer."""
     from ..config import ConfigError
@@ -87,7 +91,7 @@ def training_images(folder, n, what="data.images"):
     if len(files) < n:
         raise ConfigError(
             f"{what}: {folder} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), fewer than the {n} the config asks for: "
-            f"add images, or lower data.n_images (and data.n_train, stage1.batch) to at most {len(files)}"
+            f"add images, or lower {_COUNT_KEYS.get(what, 'the count')} to at most {len(files)}"
         )
     # Every image is opened now (headers and checksums only), so that a
     # damaged file stops the run before any model is downloaded or built.
@@ -125,17 +129,41 @@ class InversionCache:
         return self.folder / self.model_key / f"{digest}-{self.model.img_size}px-{kind}{extra}.pt"
 
     def _load(self, path, keys):
+        """The entry at ``path`` if it holds what ``keys`` name, with the right shapes and finite
+        values; None (after one warning naming the file and the problem) for anything else, which is
+        then computed again: a damaged, foreign or non-finite entry never reaches training."""
         if not path.is_file():
             return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # the loader raises many types for damaged files
             entry = None
-        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or not all(k in entry for k in keys):
-            # A damaged or foreign cache entry is recomputed, not trusted.
-            log.warning("inversion cache entry %s is damaged or out of date; computing it again", path)
+        problem = self._problem(entry, keys)
+        if problem:
+            log.warning("inversion cache entry %s: %s; computing it again", path, problem)
             return None
         return entry
+
+    def _problem(self, entry, keys):
+        """Why a loaded cache entry cannot be used, or None."""
+        if not isinstance(entry, dict):
+            return "unreadable or not a cache entry"
+        if entry.get("format") != CACHE_FORMAT:
+            return f"format {entry.get('format')!r}, not {CACHE_FORMAT} (written by another version)"
+        image = (1, 3, self.model.img_size, self.model.img_size)
+        for key in keys:
+            if key not in entry:
+                return f"no {key!r}"
+            value = entry[key]
+            if value is None and key == "cond":
+                continue  # a model without a condition (the DDPM)
+            if not torch.is_tensor(value) or not value.is_floating_point():
+                return f"{key!r} is not a floating-point tensor"
+            if (key in ("x0", "x_t") and tuple(value.shape) != image) or value.ndim < 1 or value.shape[0] != 1:
+                return f"{key!r} has shape {tuple(value.shape)}, expected {image if key in ('x0', 'x_t') else '(1, ...)'}"
+            if not torch.isfinite(value).all():
+                return f"{key!r} holds non-finite values"
+        return None
 
     @torch.no_grad()
     def encoded(self, files, progress=True):

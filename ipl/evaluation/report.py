@@ -63,12 +63,17 @@ def record_markdown(record):
 
 
 def write_record(record, out_dir):
-    """Write ``metrics.json`` and ``metrics.md`` into ``out_dir``; returns the JSON path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "metrics.json"
+    """Write ``metrics.json`` and ``metrics.md`` into ``out_dir`` (a folder, or an
+    :class:`ipl.outputs.OutputFolder` that refuses to replace files it did not write); returns the JSON path."""
+    from ..outputs import OutputFolder
+
+    if isinstance(out_dir, OutputFolder):
+        path, markdown = out_dir.path("metrics.json"), out_dir.path("metrics.md")
+    else:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        path, markdown = Path(out_dir) / "metrics.json", Path(out_dir) / "metrics.md"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)  # a metrics.json is always complete (reproduce_table1 trusts it)
-    (out_dir / "metrics.md").write_text(record_markdown(record))
+    markdown.write_text(record_markdown(record))
     return path

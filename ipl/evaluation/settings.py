@@ -18,9 +18,11 @@ class EvaluationError(ValueError):
 def parse_metrics(text):
     """``"is,scs"`` -> ``("is", "scs")`` in the canonical order; unknown names are an error."""
     names = [m.strip().lower() for m in str(text).split(",") if m.strip()]
+    if not names:
+        raise EvaluationError(f"--metrics {text!r} names no metric: choose from {','.join(METRICS)}, or leave --metrics out for all")
     unknown = [m for m in names if m not in METRICS]
-    if unknown or not names:
-        raise EvaluationError(f"unknown metrics {unknown or text!r}: choose from {','.join(METRICS)}")
+    if unknown:
+        raise EvaluationError(f"unknown metrics {unknown}: choose from {','.join(METRICS)}")
     return tuple(m for m in METRICS if m in names)
 
 

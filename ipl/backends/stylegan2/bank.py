@@ -90,7 +90,15 @@ def load_bank(path, fields):
         return None
     if data.get("fields") != fields:
         return None
-    return SourceBank(fields, data["w"], data["features"])
+    w, features = data["w"], data["features"]
+    if w.ndim != 2 or features.ndim != 2 or len(w) != len(features) or not (w.is_floating_point() and features.is_floating_point()):
+        problem = f"w {tuple(w.shape)} and features {tuple(features.shape)} are not one (N, D) row per pair"
+    elif not (torch.isfinite(w).all() and torch.isfinite(features).all()):
+        problem = "it holds non-finite values"
+    else:
+        return SourceBank(fields, w, features)
+    log.warning("source-feature bank %s: %s; building it again", path, problem)
+    return None
 
 
 def build_bank(path, fields, generator, clip_model, steps, batch, seed, truncation=1.0, truncation_latent=None, chunk=8, antialias=False, save_every=32, progress=True, world=SINGLE):
