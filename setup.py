@@ -3,11 +3,13 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
-requirements = [
-    line.strip()
-    for line in (here / "requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
-]
+
+
+def read_requirements(name):
+    return [line.strip() for line in (here / name).read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+requirements = read_requirements("requirements.txt")
 
 setup(
     name="ipl",
@@ -32,6 +34,6 @@ setup(
     # (it asks for pillow < 13), and TensorBoard.
     extras_require={
         "photos": ["dlib-bin>=19.24", "face_recognition_models>=0.3.0", "gdown"],
-        "demo": ["gradio==6.31.0", "tensorboard>=2.14"],
+        "demo": read_requirements("requirements-demo.txt"),
     },
 )
