@@ -87,9 +87,9 @@ TINY_OVERRIDES = {
     "gan": ("stage1.iterations=10", "stage1.checkpoint_every=10", "stage1.log_every=5", "stage2.iterations=4",
             "stage2.output_interval=4", "stage2.checkpoint_every=4", "stage2.log_every=2", "stage2.auto_layer_batch=4",
             "stage2.n_sample=4"),
-    "ddpm": ("stage1.iterations=10", "stage1.checkpoint_every=10", "stage1.log_every=5", "diffusionclip.epochs=1",
-             "diffusionclip.n_inv_step=4", "diffusionclip.n_train_step=2", "diffusionclip.n_test_step=4", "data.n_train=4",
-             "stage2.output_interval=4", "stage2.checkpoint_every=4", "stage2.log_every=2"),
+    "ddpm": ("stage1.iterations=10", "stage1.checkpoint_every=10", "stage1.log_every=5", "stage1.batch=4", "data.n_images=4",
+             "data.n_train=2", "data.n_test=2", "diffusionclip.epochs=1", "diffusionclip.n_inv_step=4", "diffusionclip.n_train_step=2",
+             "diffusionclip.n_test_step=4", "stage2.output_interval=2", "stage2.checkpoint_every=2", "stage2.log_every=1"),
 }  # fmt: skip
 TINY_OVERRIDES["diffae"] = TINY_OVERRIDES["ddpm"]
 PROMPT_KEYS = ("source_class", "target_class", "ctx_init")
@@ -241,7 +241,11 @@ def plan_fig5(photos, *, domains=tuple(DOMAINS), runs_root="runs/fig5", tiny=Fal
                 own += [f"data.images={photos.train_folder}", f"data.n_images={min(n_images, photos.n_train)}"]
             run_dir = Path(runs_root) / f"{domain}_{_slug(column)}"
             own += [f"name={run_dir.name}", f"run_dir={run_dir}"]
-            load_config(path, list(overrides) + own)  # every run's config is valid before anything trains
+            try:  # every run's config is valid before anything trains
+                load_config(path, list(overrides) + own)
+            except ConfigError as e:
+                hint = f" ({photos.n_train} training photos in {photos.train_folder}: add photos, or --set data.n_train=N for fewer)" if family.kind != "stylegan2" else ""
+                raise ConfigError(f"{run_dir.name}: {e}{hint}") from None
             runs.append(Fig5Run(domain, column, family_key, path, tuple(overrides) + tuple(own), run_dir))
     return runs
 
