@@ -203,8 +203,8 @@ def test_resume_reaches_the_uninterrupted_autoencoder(tiny, mapper, tmp_path):
 
 
 def test_gradient_checkpointing_changes_memory_not_the_weights(tiny, mapper, tmp_path):
-    a = torch.load(run_stage2(tiny, mapper, tmp_path / "a", "diffusionclip.epochs=1", "diffusionclip.grad_checkpoint=true"), weights_only=True)
-    b = torch.load(run_stage2(tiny, mapper, tmp_path / "b", "diffusionclip.epochs=1", "diffusionclip.grad_checkpoint=false"), weights_only=True)
+    a = torch.load(run_stage2(tiny, mapper, tmp_path / "a", "diffusionclip.epochs=1", "diffusionclip.checkpoint=true"), weights_only=True)
+    b = torch.load(run_stage2(tiny, mapper, tmp_path / "b", "diffusionclip.epochs=1", "diffusionclip.checkpoint=false"), weights_only=True)
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(v, b["state_dict"][k], rtol=1e-5, atol=1e-7)
 

@@ -487,3 +487,41 @@ def test_a_diffipl_run_is_scored_on_held_out_images_reconstructed_and_edited(net
         E.evaluate_checkpoint(path, networks, settings, device="cpu", progress=False)
     editor, _ = load_editor(path, "cpu")
     assert editor.t_0 == dc.t_0
+
+
+def test_a_ddpm_run_is_scored_on_held_out_images_reconstructed_and_edited(networks, tmp_path):
+    from helpers import REPO, save_tiny_ddpm_run
+
+    from ipl.backends.editing import load_editor
+    from ipl.images import image_tensor, list_images
+
+    path, config, source, adapted = save_tiny_ddpm_run(tmp_path)
+    folder = REPO / "assets" / "demo_images"
+    settings = E.EvalSettings(metrics=("is", "scs", "clip"), n=6, batch=4, is_splits=2)
+    record = E.evaluate_checkpoint(path, networks, settings, device="cpu", images=folder, progress=False)
+    assert record["kind"] == "ddpm" and record["images"]["count"] == 6 and record["target_text"] == "wall painting"
+    # By hand, with DiffusionCLIP's walks written out: x_{t_0} of each image by the source, rendered by both, 8-bit.
+    dc = config.diffusionclip
+    alphas_cumprod = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+
+    def walk(net, x, seq, pairs):
+        for t, t_next in pairs:
+            a, a_next = float(alphas_cumprod[t]), 1.0 if t_next < 0 else float(alphas_cumprod[t_next])
+            eps = net(x, torch.full((x.shape[0],), t)).sample
+            x = a_next**0.5 * (x - (1 - a) ** 0.5 * eps) / a**0.5 + (1 - a_next) ** 0.5 * eps
+        return x
+
+    inv = [int(s) for s in np.linspace(0, 1, dc.n_inv_step) * dc.t_0]
+    gen = [int(s) for s in np.linspace(0, 1, dc.n_test_step) * dc.t_0]
+    back = list(zip(reversed(gen), reversed([-1] + gen[:-1])))
+    with torch.no_grad():
+        x0 = torch.cat([image_tensor(f, source.img_size) for f in list_images(folder)[:6]])
+        x_t = walk(source.net, x0, inv, list(zip(inv[:-1], inv[1:])))
+        src, adp = E.quantize_images(walk(source.net, x_t, gen, back)), E.quantize_images(walk(adapted.net, x_t, gen, back))
+    assert record["metrics"]["scs"] == pytest.approx(M.compute_scs(networks.hed, [src], [adp]), rel=1e-3)
+    is_mean, _ = M.compute_inception_score(networks.inception, [adp], splits=2)
+    assert record["metrics"]["is"] == pytest.approx(is_mean, rel=1e-3)
+    editor, run = load_editor(path, "cpu")
+    assert editor.t_0 == dc.t_0 and run.generator.kind == "ddpm"
+    with pytest.raises(E.EvaluationError, match="without data.test_images: pass the held-out images"):
+        E.evaluate_checkpoint(path, networks, settings, device="cpu", progress=False)

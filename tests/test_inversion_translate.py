@@ -289,3 +289,99 @@ def test_diffae_and_stylegan2_inversions_are_not_mixed(diffae_run, files):
     torch.save({"state_dict": {"ema_model.conv.weight": torch.zeros(1)}, "hyper_parameters": {}}, root / "bare.ckpt")
     with pytest.raises(CheckpointError, match="no run config inside"):
         build_translator(root / "bare.ckpt")
+
+
+# -- DDPM runs (DiffusionCLIP's Diff-CLIP): the code is x_{t_0} alone ----------
+
+
+def diffusionclip_walk(net, x, pairs, alphas_cumprod):
+    """DiffusionCLIP's ``denoising_step`` (eta 0) over ``(t, t_next)`` pairs, written out; alpha-bar at -1 is 1."""
+    for t, t_next in pairs:
+        a = float(alphas_cumprod[t])
+        a_next = 1.0 if t_next < 0 else float(alphas_cumprod[t_next])
+        eps = net(x, torch.full((x.shape[0],), t)).sample
+        x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
+        x = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
+    return x
+
+
+def diffusionclip_by_hand(source, adapted, x0, t_0, n_inv_step, n_test_step):
+    """``(x_{t_0}, source render, adapted render)`` of images x0, from DiffusionCLIP's walks and Ho et al.'s linear betas."""
+    alphas_cumprod = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+    inv = [int(s) for s in np.linspace(0, 1, n_inv_step) * t_0]
+    gen = [int(s) for s in np.linspace(0, 1, n_test_step) * t_0]
+    with torch.no_grad():
+        x_t = diffusionclip_walk(source.net, x0, list(zip(inv[:-1], inv[1:])), alphas_cumprod)
+        back = list(zip(reversed(gen), reversed([-1] + gen[:-1])))
+        return x_t, diffusionclip_walk(source.net, x_t, back, alphas_cumprod), diffusionclip_walk(adapted.net, x_t, back, alphas_cumprod)
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory):
+    """A DDPM run's ddpm.pt: the tiny random source (recorded in the run config) with moved weights."""
+    from helpers import save_tiny_ddpm_run
+
+    root = tmp_path_factory.mktemp("ddpm_run")
+    _, config, source, adapted = save_tiny_ddpm_run(root)
+    return root, config, source, adapted
+
+
+def test_script_translates_aligned_photos_with_a_ddpm_runs_own_inversion(ddpm_run, monkeypatch, capsys):
+    from helpers import REPO
+
+    root, config, source, adapted = ddpm_run
+    dc = config.diffusionclip
+    photos = [REPO / "assets" / "demo_images" / f"face0{i}.png" for i in (0, 1)]
+    code, _, err = run_script("translate.py", ["--ckpt", root / "ddpm.pt", "--images", *photos, "--aligned", "--outdir", root / "out",
+                                                 "--device", "cpu", "--no-progress"], monkeypatch, capsys)  # fmt: skip
+    assert code == 0, err
+    settings = json.loads((root / "out" / "translate.json").read_text())["settings"]
+    assert settings["kind"] == settings["inversion"] == "ddpm" and settings["alpha"] == 1.0 and settings["t_0"] == dc.t_0
+    size, pad = source.img_size, 2
+    for photo in photos:
+        codes = torch.load(root / "out" / f"{photo.stem}.pt", weights_only=True)
+        assert codes["kind"] == "ddpm" and "z_sem" not in codes  # a DDPM has no semantic code
+        x0 = encoder_input(center_square(Image.open(photo).convert("RGB")), size)
+        x_t, reconstruction, edit = diffusionclip_by_hand(source, adapted, x0, dc.t_0, dc.n_inv_step, dc.n_test_step)
+        torch.testing.assert_close(codes["x_t"], x_t[0], rtol=1e-3, atol=1e-3)  # channels-last convolutions round differently
+        # The grid: input | source reconstruction | adapted render of the same x_{t_0}.
+        grid = read_png(root / "out" / f"{photo.stem}.png").astype(int)
+        for column, image in zip((1, 2), (reconstruction, edit)):
+            x = pad + column * (size + pad)
+            assert np.abs(grid[pad : pad + size, x : x + size] - to_uint8(image)[0].astype(int)).max() <= 1
+        assert not np.array_equal(to_uint8(reconstruction), to_uint8(edit))
+
+
+def test_a_ddpm_run_at_alpha_zero_renders_the_source_and_between_mixes_the_noise(ddpm_run):
+    from helpers import REPO
+
+    root, config, source, adapted = ddpm_run
+    face = Image.open(REPO / "assets" / "demo_images" / "face02.png").convert("RGB")
+    translator = build_translator(root / "ddpm.pt", alpha=0.0, device="cpu", progress=False)
+    codes = translator.invert(face)
+    torch.testing.assert_close(translator.translate(codes), translator.reconstruct(codes))
+    # alpha 0.5: DiffusionCLIP's model_ratio, 0.5 eps_adapted + 0.5 eps_source at every step.
+    half = build_translator(root / "ddpm.pt", alpha=0.5, device="cpu", progress=False)
+    dc = config.diffusionclip
+    gen = [int(s) for s in np.linspace(0, 1, dc.n_test_step) * dc.t_0]
+    alphas_cumprod = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+
+    class Mixed(torch.nn.Module):
+        def forward(self, x, t):
+            return type("Out", (), {"sample": 0.5 * adapted.net(x, t).sample + 0.5 * source.net(x, t).sample})
+
+    with torch.no_grad():
+        expected = diffusionclip_walk(Mixed(), codes["x_t"][None], list(zip(reversed(gen), reversed([-1] + gen[:-1]))), alphas_cumprod)
+    torch.testing.assert_close(half.translate(codes), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_a_wrong_inversion_for_a_ddpm_run_is_one_clear_error(ddpm_run, monkeypatch, capsys):
+    from helpers import REPO
+
+    root, _, _, _ = ddpm_run
+    for inversion in ("diffae", "restyle"):
+        with pytest.raises(CheckpointError, match="is a DDPM run: it inverts photos with its own DDIM inversion \\(--invert ddpm"):
+            build_translator(root / "ddpm.pt", inversion=inversion)
+    code, _, err = run_script("translate.py", ["--ckpt", root / "ddpm.pt", "--images", REPO / "assets" / "demo_images" / "face00.png",
+                                                 "--aligned", "--invert", "project", "--outdir", root / "wrong", "--device", "cpu"], monkeypatch, capsys)  # fmt: skip
+    assert code != 0 and "--invert ddpm" in err and len(err.strip().splitlines()) == 1

@@ -1,9 +1,10 @@
 """Evaluating an adapted model file: load it and its source, stream the metrics, keep a record.
 
 A StyleGAN2 run is scored on images of seeded latents, rendered by the
-source and the adapted generator. A Diff-IPL run is scored on held-out real
-images: each is inverted by the source model, and its reconstruction by the
-source model and its render by the fine-tuned model are the pair.
+source and the adapted generator. A diffusion run (Diff-IPL's autoencoder or
+a DDPM) is scored on held-out real images: each is inverted by the source
+model, and its reconstruction by the source model and its render by the
+fine-tuned model are the pair.
 """
 
 import math
@@ -23,23 +24,23 @@ def evaluate_checkpoint(adapted_path, networks, settings, *, device, source=RECO
     """Evaluate an adapted model file; returns the record written as ``metrics.json``.
 
     Args:
-        adapted_path: The adapted model (``RUN/generator.pt``, or a Diff-IPL
-            run's ``RUN/autoencoder.pt``).
+        adapted_path: The adapted model (``RUN/generator.pt``, a Diff-IPL
+            run's ``RUN/autoencoder.pt`` or a DDPM run's ``RUN/ddpm.pt``).
         networks: :class:`MetricNetworks`.
         settings: :class:`EvalSettings` (``n``: images; for StyleGAN2 from
-            seeds ``seed_start``.., for Diff-IPL the first ``n`` files).
+            seeds ``seed_start``.., for a diffusion run the first ``n`` files).
         device: Where the models run.
         source: Pretrained name, checkpoint path, ``"recorded"`` (the source
             in the adapted file's run config) or None (no SCS / ID then).
         references: ``{file name: (1, 3, H, W)}`` (see :func:`load_references`).
         target_text: CLIP-score text; default: the file's ``meta.target_class``.
-        images: Diff-IPL only: the folder of held-out images (default: the
-            run config's ``data.test_images``).
+        images: Diffusion runs only: the folder of held-out images (default:
+            the run config's ``data.test_images``).
         world: Ranks sharing the images (:mod:`ipl.distributed`); the record
             is the same as one process's, returned on rank 0 (None elsewhere).
     """
-    if checkpoint_kind(adapted_path) == "diffae":
-        return evaluate_diffae_checkpoint(
+    if checkpoint_kind(adapted_path) in ("diffae", "ddpm"):
+        return evaluate_diffusion_checkpoint(
             adapted_path, networks, settings, device=device, source=source, references=references,
             target_text=target_text, images=images, world=world, progress=progress,
         )  # fmt: skip
@@ -88,11 +89,11 @@ def evaluate_checkpoint(adapted_path, networks, settings, *, device, source=RECO
     }
 
 
-def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, source=RECORDED_SOURCE, references=None, target_text=None, images=None, world=SINGLE, progress=True):
-    """:func:`evaluate_checkpoint` of a Diff-IPL run: held-out real images, reconstructed and edited."""
+def evaluate_diffusion_checkpoint(adapted_path, networks, settings, *, device, source=RECORDED_SOURCE, references=None, target_text=None, images=None, world=SINGLE, progress=True):
+    """:func:`evaluate_checkpoint` of a diffusion run (Diff-IPL or DDPM): held-out real images, reconstructed and edited."""
     from stylegan2.utils import sha256_file
 
-    from ..backends.diffae.editing import load_editor
+    from ..backends.editing import load_editor
     from ..config import ConfigError
     from ..images import list_images
 
@@ -102,7 +103,7 @@ def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, sour
     folder = images or run.data.test_images
     if not folder:
         raise EvaluationError(
-            f"{adapted_path} is a Diff-IPL run without data.test_images: pass the held-out images to score with --images DIR"
+            f"{adapted_path} is a diffusion run without data.test_images: pass the held-out images to score with --images DIR"
         )
     try:
         files = list_images(folder, "--images")
@@ -126,7 +127,7 @@ def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, sour
         return None
     return {
         "format": RECORD_FORMAT,
-        "kind": "diffae",
+        "kind": run.generator.kind,
         "label": label,
         "adapted": {"path": str(adapted_path), "sha256": sha256_file(adapted_path)},
         "source": {"spec": source, "path": None},
@@ -139,3 +140,6 @@ def evaluate_diffae_checkpoint(adapted_path, networks, settings, *, device, sour
         "metrics": metrics,
         "seconds": round(time.time() - start, 1),
     }
+
+
+evaluate_diffae_checkpoint = evaluate_diffusion_checkpoint  # the name before DDPM runs were scored too

@@ -61,19 +61,19 @@ def image_pairs(adapted, seeds, *, source=None, batch=8, truncation=1.0, truncat
 
 
 def edited_image_pairs(editor, files, *, batch=4, paired=True, quantize=True, world=SINGLE):
-    """Yield ``(reconstructions or None, edits)`` batches of a Diff-IPL run's images.
+    """Yield ``(reconstructions or None, edits)`` batches of a diffusion run's images (Diff-IPL or DDPM).
 
-    Each image is encoded and inverted to x_{t_0} by the source model; the
-    source's render of those latents is the "source" image, the fine-tuned
-    model's render the "adapted" one (see :class:`ipl.backends.diffae.editing.Editor`).
+    Each image is inverted to x_{t_0} by the source model (Diff-AE: given its
+    z_sem); the source's render of those latents is the "source" image, the
+    fine-tuned model's render the "adapted" one (see :class:`ipl.backends.editing.Editor`).
     """
     from ..images import image_tensor
 
     files = list(files)
     for lo, hi in batches(len(files), batch, world):
         x0 = torch.cat([image_tensor(f, editor.resolution) for f in files[lo:hi]])
-        z_sem, x_t = editor.invert(x0)
-        images = [editor.reconstruct(z_sem, x_t).cpu() if paired else None, editor.edit(z_sem, x_t).cpu()]
+        cond, x_t = editor.invert(x0)
+        images = [editor.reconstruct(cond, x_t).cpu() if paired else None, editor.edit(cond, x_t).cpu()]
         if quantize:
             images = [None if x is None else quantize_images(x) for x in images]
         yield tuple(images)
