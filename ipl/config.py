@@ -231,8 +231,12 @@ class DiffusionCLIPConfig:
     # detached in between; false = one backward through the whole chain.
     per_step: bool = False
     # Recompute each DDIM step's activations in the backward instead of
-    # keeping them (same gradients; memory of one step instead of n_train_step).
-    grad_checkpoint: bool = True
+    # keeping them (same gradients; memory of one step instead of n_train_step,
+    # one more network forward per step). "auto": only where the whole
+    # chain's activations would not fit the device's free memory
+    # (ipl.backends.diffusionclip.needs_checkpointing). The key was
+    # grad_checkpoint (true/false), still read as this one.
+    checkpoint: Literal["auto", "true", "false"] = "auto"
     # DiffusionCLIP calls model.train(), but every model it fine-tunes has
     # dropout 0: its chain is deterministic. true switches the network's own
     # dropout on while fine-tuning (Diff-AE's UNet has 0.1).
@@ -341,9 +345,25 @@ def to_dict(config):
     return dataclasses.asdict(config)
 
 
+def _read_checkpoint_setting(data):
+    """``diffusionclip.checkpoint`` as one of its strings: YAML reads true/false as booleans, and
+    the former key ``grad_checkpoint`` (true/false, in the run files written before) means the same."""
+    dc = data.get("diffusionclip") if isinstance(data, dict) else None
+    if not isinstance(dc, dict) or not ({"checkpoint", "grad_checkpoint"} & set(dc)):
+        return data
+    dc = dict(dc)
+    if "grad_checkpoint" in dc:
+        if "checkpoint" in dc:
+            raise ConfigError("diffusionclip.grad_checkpoint is the former name of diffusionclip.checkpoint: give only diffusionclip.checkpoint (auto, true or false)")
+        dc["checkpoint"] = dc.pop("grad_checkpoint")
+    if isinstance(dc["checkpoint"], bool):
+        dc["checkpoint"] = "true" if dc["checkpoint"] else "false"
+    return {**data, "diffusionclip": dc}
+
+
 def from_dict(data):
     """Config from a plain nested dict, validated field by field (types and ranges)."""
-    config = _build(Config, data or {}, "")
+    config = _build(Config, _read_checkpoint_setting(data or {}), "")
     validate(config)
     return config
 
@@ -506,7 +526,7 @@ _RULES = {
     "diffusionclip.l1_loss_w": _non_negative(),
     "diffusionclip.id_loss_w": _non_negative(),
     "diffusionclip.per_step": _any,
-    "diffusionclip.grad_checkpoint": _any,
+    "diffusionclip.checkpoint": _any,
     "diffusionclip.dropout": _any,
     "output.tensorboard": _any,
     "output.wandb": _any,

@@ -277,6 +277,67 @@ def diffusionclip_losses(source_features, target_features, text_direction, x0, x
 
 
 # ----------------------------------------------------------------------------
+# Gradient checkpointing where the chain would not fit
+
+# Share of the free memory the chain and the optimiser state may take: the
+# backward's own temporaries (gradients of activations, CLIP's graph) and the
+# allocator's slack come on top of the activations the forward keeps.
+MEMORY_MARGIN = 0.7
+
+
+def needs_checkpointing(step_bytes, n_steps, state_bytes, free_bytes, margin=MEMORY_MARGIN):
+    """Whether the full backward must recompute each DDIM step's activations to fit in memory.
+
+    Without checkpointing the backward keeps the activations of all
+    ``n_steps`` network calls; with it, one call's at a time.
+
+    Args:
+        step_bytes: Activations one network call keeps for its backward (the batch's).
+        n_steps: Network calls in the chain (``n_train_step``).
+        state_bytes: Memory the fine-tuning has still to allocate besides
+            (the trained weights' gradients and Adam's two moments).
+        free_bytes: Memory free on the device now, or None where unknown (then: checkpoint).
+    """
+    if free_bytes is None:
+        return True
+    return n_steps * step_bytes + state_bytes > margin * free_bytes
+
+
+def free_memory(device):
+    """Bytes free for new tensors on ``device``: CUDA's free memory plus what PyTorch holds unused;
+    on the CPU the kernel's ``MemAvailable``; None where neither is known."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+        except OSError:
+            return None
+    return None
+
+
+def saved_activation_bytes(model, x_t, t, cond):
+    """Bytes of the tensors one network call ``model.eps(x_t, t, cond)`` keeps for its backward,
+    counted during one forward on the actual device (the weights themselves not counted)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.eps(x_t, t, cond)
+    return sum(storages.values())
+
+
+# ----------------------------------------------------------------------------
 # Stage 2
 
 
@@ -349,6 +410,30 @@ class DiffusionCLIPAdaptation:
         self.optimizer = torch.optim.Adam(self.trained, lr=dc.lr, weight_decay=0, fused=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=dc.lr_gamma)
         self.identity = load_identity(self.device) if dc.id_loss_w else None
+        self.checkpoint = self._checkpointing()
+
+    def _checkpointing(self):
+        """``diffusionclip.checkpoint`` decided: ``auto`` measures one network call's activations
+        and checkpoints only where the whole chain's would not fit the free memory."""
+        dc = self.settings
+        if dc.per_step:
+            return False  # one call's graph at a time already
+        if dc.checkpoint != "auto":
+            return dc.checkpoint == "true"
+        first = {k: v[: dc.batch] for k, v in self.data.items()}  # a batch of the size trained
+        t = torch.full((dc.batch,), dc.t_0, dtype=torch.long, device=self.device)
+        step = saved_activation_bytes(self.trainable, first["x_t"], t, first.get("cond"))
+        state = 3 * sum(p.numel() * p.element_size() for p in self.trained)  # gradients, Adam's exp_avg and exp_avg_sq
+        free = free_memory(self.device)
+        decision = needs_checkpointing(step, dc.n_train_step, state, free)
+        gib = 2.0**30
+        room = "unknown free memory" if free is None else f"{MEMORY_MARGIN:g} x {free / gib:.1f} GiB free"
+        log.info(
+            "diffusionclip.checkpoint=auto: %d steps x %.2f GiB of activations + %.2f GiB of optimiser state against %s on %s: %s",
+            dc.n_train_step, step / gib, state / gib, room, self.device.type,
+            "gradient checkpointing" if decision else "no gradient checkpointing (the whole chain fits)",
+        )  # fmt: skip
+        return decision
 
     def batch(self, step):
         i = step % self.steps_per_epoch
@@ -367,7 +452,7 @@ class DiffusionCLIPAdaptation:
         ac = self.trainable.alphas_cumprod
         fn = eps_fn(self.trainable, cond)
         if not dc.per_step:
-            yield diffusion.partial_generate(fn, part.data["x_t"], ac, dc.t_0, dc.n_train_step, eta=dc.eta, checkpoint=dc.grad_checkpoint)
+            yield diffusion.partial_generate(fn, part.data["x_t"], ac, dc.t_0, dc.n_train_step, eta=dc.eta, checkpoint=self.checkpoint)
             return
         # clip_finetune_eff: each step's x0 prediction is a loss of its own;
         # after_backward steps the optimiser before the next DDIM step.
