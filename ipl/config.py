@@ -99,8 +99,10 @@ class PromptConfig:
     # with more or fewer tokens than word_tokens, every row starts from their mean.
     word_init: str = ""
     word_tokens: int = 1  # token embeddings of the word (textual inversion's 1)
-    word_steps: int = 100  # Adam steps; measured in README (target images)
-    word_lr: float = 0.01
+    # Adam steps and learning rate: measured on a full-size random ViT-B/32,
+    # 100 steps at 0.03 reach 96% of what 200 reach (README, target images).
+    word_steps: int = 100
+    word_lr: float = 0.03
 
 
 @dataclass(frozen=True)
