@@ -297,3 +297,19 @@ def test_the_images_hash_follows_names_and_contents(tmp_path):
     assert target_lib.images_sha256(sorted(folder.iterdir())) == digest
     files[1].write_bytes(files[1].read_bytes() + b"\0")
     assert target_lib.images_sha256(sorted(folder.iterdir())) != digest
+
+
+def test_inspect_prompts_prints_the_words_nearest_vocabulary_tokens(tmp_path, tiny, monkeypatch, capsys):
+    from helpers import run_script
+
+    folder = write_style_images(tmp_path / "style")
+    config = tiny_config(tmp_path, f"prompt.target_images={folder}", "prompt.word_steps=2")
+    word = target_lib.prepare_target(config, tiny.clip, tmp_path / "run", progress=False).label.word[0]
+    embedding = tiny.clip.model.token_embedding.weight.detach()
+    cos = (embedding @ word) / (embedding.norm(dim=-1) * word.norm())
+    nearest = clip.clip._tokenizer.decoder[int(cos.argmax())].replace("</w>", "")
+    code, out, err = run_script("inspect_prompts.py", ["--word", tmp_path / "run" / target_lib.WORD_FILE, "--topk", "2"], monkeypatch, capsys)
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("S*1: "))
+    assert line.startswith(f"S*1: {nearest}({cos.max().item():.2f})")
+    assert "learned from 4 images" in out
