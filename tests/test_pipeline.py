@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from helpers import assert_matches_recorded_run
 
 from ipl.config import load_config
@@ -27,11 +26,16 @@ def adapt(tmp_path, *overrides):
     )
 
 
+# The demo config's first 10 + 10 steps: the run recorded in tests/fixtures/stylegan2_runs.pt
+# ("demo"). Longer runs amplify each CPU's rounding beyond any tolerance that still means something.
+DEMO_STEPS = ("stage1.iterations=10", "stage2.iterations=10")
+
+
 def test_adapt_runs_the_tiny_config_end_to_end(tmp_path):
-    done = adapt(tmp_path)
+    done = adapt(tmp_path, *DEMO_STEPS)
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
-    config = load_config(REPO / "configs" / "tiny.yaml")
+    config = load_config(REPO / "configs" / "tiny.yaml", DEMO_STEPS)
     # Both stages ran to the end, with their outputs.
     mapper = torch.load(run / "mapper.pt", weights_only=True)
     assert mapper["step"] == config.stage1.iterations
@@ -45,19 +49,19 @@ def test_adapt_runs_the_tiny_config_end_to_end(tmp_path):
     assert resolved.stage1 == config.stage1 and resolved.prompt == config.prompt
     assert "auto_layer_k=" in (run / "config.yaml").read_text().splitlines()[1]
     assert len(list((tmp_path / "cache" / "banks").glob("bank-*.pt"))) == 1
-    # The trained tensors are the ones recorded before the code was restructured.
+    # The script trains what was recorded, within the tolerance measured across machines.
     assert_matches_recorded_run("demo", torch.load(run / "generator.pt", weights_only=True)["g_ema"], "generator")
     assert_matches_recorded_run("demo", mapper["mapper"], "mapper")
 
     # A second run reuses the complete Stage-1 checkpoint instead of retraining.
     before = (run / "mapper.pt").stat().st_mtime_ns
-    again = adapt(tmp_path)
+    again = adapt(tmp_path, *DEMO_STEPS)
     assert again.returncode == 0, again.stderr
     assert "reusing the complete Stage-1 checkpoint" in again.stderr
     assert (run / "mapper.pt").stat().st_mtime_ns == before
 
     # A changed Stage-1 setting is not silently mixed with the old checkpoint.
-    changed = adapt(tmp_path, "stage1.lambda_domain=10")
+    changed = adapt(tmp_path, *DEMO_STEPS, "stage1.lambda_domain=10")
     assert changed.returncode == 2
     assert "different configuration (stage1.lambda_domain: 1.0 in the checkpoint, 10.0 now)" in changed.stderr
     assert "Traceback" not in changed.stderr

@@ -1,26 +1,37 @@
-"""StyleGAN2 results do not move: runs equal the ones recorded before the code was restructured.
+"""StyleGAN2 results do not move: short runs equal the recorded ones, on any CPU.
 
-The demo config's run is checked by tests/test_pipeline.py (it trains that
-run anyway); here, the smaller runs of every prompt scheme and both Stage-1
-image modes.
+Every prompt scheme and both Stage-1 image modes (6 + 4 steps), trained again
+and compared with tests/fixtures/stylegan2_runs.pt within a tolerance
+measured across CPUs, kernels and thread counts (tests/helpers.py,
+tests/fixtures/README.md). The demo config's recorded first 10 + 10 steps are
+checked by tests/test_pipeline.py, which trains them through scripts/adapt.py.
 """
 
-import sys
-from pathlib import Path
+import importlib.util
 
 import pytest
 import torch
-from helpers import REPO, assert_matches_recorded_run
+from helpers import RECORDED_RUN_TOLERANCE, REPO, assert_matches_recorded_run, recorded_difference
 
-sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-from record_stylegan2_runs import RUNS, train  # noqa: E402
 
-SMALL_RUNS = [name for name, (path, _) in RUNS.items() if path is None]
+def _recorder():
+    # Loaded from its file: putting tests/fixtures on sys.path would let its
+    # stylegan2/ data folder shadow the stylegan2 package.
+    spec = importlib.util.spec_from_file_location("record_stylegan2_runs", REPO / "tests" / "fixtures" / "record_stylegan2_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECORDER = _recorder()
+
+
+SMALL_RUNS = [name for name, (path, _) in RECORDER.RUNS.items() if path is None]
 
 
 @pytest.mark.parametrize("name", SMALL_RUNS)
-def test_stylegan2_run_is_bit_identical_to_the_recorded_one(name, tmp_path):
-    record = train(name, Path(tmp_path))
+def test_stylegan2_run_matches_the_recorded_one(name, tmp_path):
+    record = RECORDER.train(name, tmp_path)
     assert_matches_recorded_run(name, record["generator"], "generator")
     if name in ("manual", "random"):
         assert "mapper" not in record  # no Stage 1 for these schemes
@@ -28,9 +39,12 @@ def test_stylegan2_run_is_bit_identical_to_the_recorded_one(name, tmp_path):
         assert_matches_recorded_run(name, record["mapper"], "mapper")
 
 
-def test_the_recorded_runs_differ_from_each_other():
-    # Otherwise a comparison against them would not tell the schemes apart.
+def test_the_recorded_runs_lie_far_beyond_the_tolerance_from_each_other():
+    # Otherwise the comparison could not tell the prompt schemes apart. The
+    # closest pair, the same latents rendered into the bank or fresh (only the
+    # noise draws differ), lies 5e-3 apart: over thirty times the tolerance.
     runs = torch.load(REPO / "tests" / "fixtures" / "stylegan2_runs.pt", weights_only=True)["runs"]
-    key = "convs.0.conv.weight"
-    small = [runs[n]["generator"][key] for n in SMALL_RUNS]
-    assert all(not torch.equal(a, b) for i, a in enumerate(small) for b in small[i + 1 :])
+    for i, a in enumerate(SMALL_RUNS):
+        for b in SMALL_RUNS[i + 1 :]:
+            largest = max(recorded_difference(runs[a]["generator"][k], runs[b]["generator"][k]) for k in runs[b]["generator"])
+            assert largest > 30 * RECORDED_RUN_TOLERANCE, (a, b, largest)
