@@ -3,11 +3,13 @@
     python scripts/evaluate.py --adapted runs/ffhq_elf/generator.pt --refs refs/ffhq_elf
     python scripts/evaluate.py --adapted G.pt --source ffhq --metrics is,scs,id --num-images 1000 --out eval/elf
     python scripts/evaluate.py --adapted runs/diffae_elf/autoencoder.pt --images celeba_hq_test/ --num-images 100
+    python scripts/evaluate.py --adapted runs/ddpm_elf/ddpm.pt --images celeba_hq_test/ --num-images 100
 
-A StyleGAN2 generator is scored on the images of seeds; a Diff-IPL run's
-autoencoder on held-out real images (--images, default the run's
-data.test_images): source = the source model's reconstruction, adapted =
-the fine-tuned model's render of the same inverted latents.
+A StyleGAN2 generator is scored on the images of seeds; a diffusion run's
+model (a Diff-IPL autoencoder or a DDPM) on held-out real images (--images,
+default the run's data.test_images): source = the source model's
+reconstruction, adapted = the fine-tuned model's render of the same
+inverted latents.
 
 Several GPUs: torchrun --nproc_per_node N scripts/evaluate.py ... (the
 batches of seeds or images are shared out; metrics.json is the same as one
@@ -34,12 +36,13 @@ from ipl.evaluation import (
     required_networks,
     write_record,
 )
+from ipl.outputs import OutputError, OutputFolder
 from ipl.sampling import RECORDED_SOURCE
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--adapted", required=True, help="adapted model (RUN/generator.pt, or a Diff-IPL run's RUN/autoencoder.pt)")
+    p.add_argument("--adapted", required=True, help="adapted model (RUN/generator.pt, a Diff-IPL run's RUN/autoencoder.pt or a DDPM run's RUN/ddpm.pt)")
     p.add_argument(
         "--source",
         default=RECORDED_SOURCE,
@@ -48,7 +51,7 @@ def parse_args():
     p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} (default: all; sifid only with --refs)")
     p.add_argument("--refs", help="folder of SIFID reference images of the target domain (R1, R2, R3 in file-name order)")
     p.add_argument("--num-images", "--n", dest="n", type=cli.int_at_least(2), default=1000, help="images per model (default 1000)")
-    p.add_argument("--images", help="Diff-IPL runs: folder of held-out images to score (default: the run's data.test_images)")
+    p.add_argument("--images", help="diffusion runs: folder of held-out images to score (default: the run's data.test_images)")
     p.add_argument("--seed-start", type=cli.int_at_least(0), default=0, help="first seed (default 0)")
     p.add_argument("--batch", type=cli.int_at_least(1), default=4, help="images per batch; lower it if GPU memory runs out (default 4)")
     p.add_argument("--truncation", type=cli.float_in(0, 1, low_open=True), default=0.7, help="truncation psi of source and adapted images (default 0.7)")
@@ -66,7 +69,7 @@ def parse_args():
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     try:
-        args.metrics = parse_metrics(args.metrics) if args.metrics else tuple(m for m in METRICS if m != "sifid" or args.refs)
+        args.metrics = parse_metrics(args.metrics) if args.metrics is not None else tuple(m for m in METRICS if m != "sifid" or args.refs)
         args.settings = EvalSettings(
             metrics=args.metrics,
             n=args.n,
@@ -83,6 +86,13 @@ def parse_args():
         p.error(str(e))
     if "sifid" in args.metrics and not args.refs:
         p.error("sifid needs --refs DIR (reference images of the target domain); or leave it out of --metrics")
+    # metrics.json and metrics.md may replace neither an input nor a file evaluate.py did not write.
+    reads = [f for f in (args.adapted, args.refs, args.images, args.source) if f and Path(f).exists()]
+    try:
+        args.out = OutputFolder(args.out or Path(args.adapted).parent, "--out", "evaluate.py", reads=reads)
+        args.out.check("metrics.json", "metrics.md")
+    except OutputError as e:
+        p.error(str(e))
     return args
 
 
@@ -114,11 +124,11 @@ def main():
         progress=not args.no_progress,
     )
     if world.is_main:
-        path = write_record(record, args.out or Path(args.adapted).parent)
+        path = write_record(record, args.out)
         print(record_markdown(record))
         print(f"written: {path} and {path.with_suffix('.md')}")
     distributed.close(world)
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, weight_flags=dict(download="--download", weights_dir="--weights-dir"))

@@ -203,3 +203,23 @@ def tiny_ddpm_config(tmp_path, *overrides):
     return config_lib.load_config(
         None, TINY_DDPM_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", *overrides]
     )
+
+
+def save_tiny_ddpm_run(root, seed=3, scale=0.05):
+    """A DDPM run's ``ddpm.pt`` without training: the tiny random source (recorded in the run
+    config) with its weights moved. Returns ``(path, config, source, adapted)``."""
+    import copy
+
+    from ipl.backends.ddpm import build_ddpm, save_ddpm
+
+    config = tiny_ddpm_config(root)
+    source = build_ddpm("tiny", seed=config.generator.seed)
+    adapted = copy.deepcopy(source)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapted.net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    path = root / "ddpm.pt"
+    meta = {"kind": "ddpm", "source_class": config.prompt.source_class, "target_class": config.prompt.target_class}
+    save_ddpm(path, adapted, config=config_lib.to_dict(config), step=1, meta=meta)
+    return path, config, source, adapted

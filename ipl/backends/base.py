@@ -112,6 +112,7 @@ class Backend(Protocol):
 
     def adaptation(self, config, clip_model, constants) -> Adaptation:
         """A fresh Stage-2 model to adapt (``constants``: the run's constant text features)."""
+
     def source_features(self, config, clip_model, n: int) -> torch.Tensor:
         """Un-normalised CLIP features ``(n, D)`` of n source-domain images, the same every call.
 

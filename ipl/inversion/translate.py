@@ -9,8 +9,9 @@ What a model family must provide is :class:`PhotoTranslator`; the loop
 (:func:`translate_photos`) never asks which family it holds.
 :func:`build_translator` picks the family from the adapted checkpoint
 (:func:`checkpoint_kind`): StyleGAN2 (:class:`StyleGAN2Translator`:
-ReStyle-e4e, e4e or NVIDIA's projection into W / W+) or a Diff-IPL run
-(:class:`DiffAETranslator`: its own semantic encoder and DDIM inversion).
+ReStyle-e4e, e4e or NVIDIA's projection into W / W+) or a diffusion run
+(:class:`DiffusionTranslator`: a Diff-IPL run's own semantic encoder and
+DDIM inversion, or a DDPM run's DDIM inversion alone).
 
 Outputs in ``outdir``: ``<name>.png`` (the three columns), ``<name>.pt``
 (the codes, plain data: ``torch.load(weights_only=True)``), ``aligned/<name>.png``
@@ -48,8 +49,10 @@ from .images import (
 log = logging.getLogger(__name__)
 
 CODES_FORMAT = 1
-INVERSIONS = ("restyle", "e4e", "project", "diffae")
-DEFAULT_INVERSION = {"stylegan2": "restyle", "diffae": "diffae"}
+INVERSIONS = ("restyle", "e4e", "project", "diffae", "ddpm")
+# A diffusion run inverts with its own source model: its inversion is named after its kind.
+DIFFUSION_KINDS = ("diffae", "ddpm")
+DEFAULT_INVERSION = {"stylegan2": "restyle", "diffae": "diffae", "ddpm": "ddpm"}
 DEFAULT_ENCODERS = {"restyle": "restyle_e4e_ffhq", "e4e": "e4e_ffhq"}  # keys of ipl.metrics.weights.WEIGHTS
 GRID_CELL = 256  # largest cell of grid.png (the per-photo files keep the full resolution)
 
@@ -162,38 +165,52 @@ class StyleGAN2Translator:
         return settings
 
 
-class DiffAETranslator:
-    """Photos through a Diff-IPL run: the source autoencoder's z_sem and x_{t_0}, rendered by both models.
+class DiffusionTranslator:
+    """Photos through a diffusion run: the source model's x_{t_0} (and z_sem), rendered by both models.
+
+    A Diff-IPL run's codes are ``{"z_sem", "x_t"}`` (its semantic encoder's
+    code and DiffusionCLIP's inversion given it); a DDPM run has no semantic
+    code, its codes are ``{"x_t"}``.
 
     Args:
-        editor: An :class:`ipl.backends.diffae.editing.Editor` (source and
+        editor: An :class:`ipl.backends.editing.Editor` (source and
             fine-tuned models with the run's DDIM settings; its ``ratio``
             is the blend).
+        kind: ``"diffae"`` or ``"ddpm"``, the run's family (also its inversion's name).
         names: Plain data naming the models (kept in ``settings()``).
     """
 
-    kind = "diffae"
-
-    def __init__(self, editor, names=None):
-        self.editor, self.names = editor, dict(names or {})
+    def __init__(self, editor, kind="diffae", names=None):
+        self.editor, self.kind, self.names = editor, kind, dict(names or {})
         self.resolution = editor.resolution
 
     def invert(self, face):
         from PIL import Image
 
-        z_sem, x_t = self.editor.invert(to_tensor(face, self.resolution, Image.Resampling.BILINEAR))
-        return {"z_sem": z_sem[0].float().cpu(), "x_t": x_t[0].float().cpu()}
+        cond, x_t = self.editor.invert(to_tensor(face, self.resolution, Image.Resampling.BILINEAR))
+        codes = {"x_t": x_t[0].float().cpu()}
+        if cond is not None:
+            codes["z_sem"] = cond[0].float().cpu()
+        return codes
+
+    @staticmethod
+    def _latents(codes):
+        cond = codes.get("z_sem")
+        return (None if cond is None else cond[None]), codes["x_t"][None]
 
     def reconstruct(self, codes):
-        return self.editor.reconstruct(codes["z_sem"][None], codes["x_t"][None]).float().cpu()
+        return self.editor.reconstruct(*self._latents(codes)).float().cpu()
 
     def translate(self, codes):
-        return self.editor.edit(codes["z_sem"][None], codes["x_t"][None]).float().cpu()
+        return self.editor.edit(*self._latents(codes)).float().cpu()
 
     def settings(self):
         e = self.editor
-        return {"kind": self.kind, "inversion": "diffae", "alpha": e.ratio, "resolution": self.resolution,
+        return {"kind": self.kind, "inversion": self.kind, "alpha": e.ratio, "resolution": self.resolution,
                 "t_0": e.t_0, "n_inv_step": e.n_inv_step, "n_test_step": e.n_test_step, "eta": e.eta, **self.names}  # fmt: skip
+
+
+DiffAETranslator = DiffusionTranslator  # the name before DDPM runs were translated too
 
 
 # ----------------------------------------------------------------------------
@@ -210,7 +227,8 @@ def build_translator(ckpt, *, source="recorded", inversion=None, encoder=None, a
             ``"recorded"`` (the one named in the checkpoint's run config).
         inversion: StyleGAN2: ``"restyle"`` (default), ``"e4e"`` or
             ``"project"``; a Diff-IPL run: ``"diffae"`` (its own encoder
-            and inversion, the default and only choice).
+            and inversion), a DDPM run: ``"ddpm"`` (its own DDIM
+            inversion): the default and only choice of each.
         encoder: Encoder checkpoint path; default for restyle / e4e: the
             registry's FFHQ file (``ipl.metrics.weights.WEIGHTS``), fetched
             when missing. For ``"project"`` an encoder is used only when
@@ -224,17 +242,19 @@ def build_translator(ckpt, *, source="recorded", inversion=None, encoder=None, a
     """
     kind = checkpoint_kind(ckpt)
     inversion = inversion or DEFAULT_INVERSION.get(kind, "restyle")
-    if kind == "diffae":
-        if inversion != "diffae" or encoder is not None:
+    if kind in DIFFUSION_KINDS:
+        if inversion != kind or encoder is not None:
+            how = "its own semantic encoder and DDIM inversion" if kind == "diffae" else "its own DDIM inversion"
+            what = "a Diff-IPL run" if kind == "diffae" else "a DDPM run"
             raise CheckpointError(
-                f"{ckpt} is a Diff-IPL run: it inverts photos with its own semantic encoder and DDIM inversion "
-                "(--invert diffae, no --encoder); e4e, ReStyle and projection are for StyleGAN2 runs"
+                f"{ckpt} is {what}: it inverts photos with {how} (--invert {kind}, no --encoder); "
+                "e4e, ReStyle and projection are for StyleGAN2 runs"
             )
-        from ipl.backends.diffae.editing import load_editor
+        from ipl.backends.editing import load_editor
 
         editor, _ = load_editor(ckpt, device, source=source, ratio=alpha, progress=progress)
-        return DiffAETranslator(editor, names={"ckpt": str(ckpt), "source": str(source)})
-    if inversion == "diffae":
+        return DiffusionTranslator(editor, kind, names={"ckpt": str(ckpt), "source": str(source)})
+    if inversion in DIFFUSION_KINDS:
         raise CheckpointError(f"{ckpt} is a StyleGAN2 run: invert its photos with --invert restyle, e4e or project")
     from ipl.sampling import load_adapted, load_source
 
@@ -280,7 +300,7 @@ class TranslationSummary:
     outdir: Optional[Path] = None
 
 
-def _unique_names(paths):
+def unique_names(paths):
     """File stems, with ``-1``, ``-2``, ... added where two photos share one."""
     seen, names = {}, []
     for path in paths:
@@ -317,7 +337,9 @@ def translate_photos(paths, outdir, translator, *, aligned=False, detector=None,
 
     Args:
         paths: Image files.
-        outdir: Output folder (see the module docstring for its files).
+        outdir: Output folder (see the module docstring for its files), or an
+            :class:`ipl.outputs.OutputFolder`; files there that this function
+            did not write are never replaced (:class:`ipl.outputs.OutputError`).
         translator: A :class:`PhotoTranslator` (:func:`build_translator`).
         aligned: The photos are aligned faces already: only their centred
             square is used, no landmarks are detected.
@@ -343,15 +365,17 @@ def translate_photos(paths, outdir, translator, *, aligned=False, detector=None,
         ipl.inversion.align.MissingDependencyError: photos need aligning and
             dlib is not installed.
     """
+    from ipl.outputs import OutputFolder
     from ipl.sampling import grid, save_png
 
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in paths]
+    out = outdir if isinstance(outdir, OutputFolder) else OutputFolder(outdir, "outdir", "translate_photos", reads=paths)
+    out.check("grid.png", "translate.json")
+    outdir = out.folder
     summary = TranslationSummary(outdir=outdir)
     align_size = align_size or max(translator.resolution, ENCODER_SIZE)
     rows = []
-    paths = [Path(p) for p in paths]
-    for index, (path, name) in enumerate(zip(paths, _unique_names(paths))):
+    for index, (path, name) in enumerate(zip(paths, unique_names(paths))):
         try:
             photo = load_photo(path)
             if aligned:
@@ -378,7 +402,7 @@ def translate_photos(paths, outdir, translator, *, aligned=False, detector=None,
             codes = translator.invert(face)
             shown = to_tensor(face, translator.resolution)  # (1, 3, R, R)
             row = torch.cat([shown, translator.reconstruct(codes), translator.translate(codes)])  # (3, 3, R, R)
-            files = {"grid": outdir / f"{item_name}.png", "codes": outdir / f"{item_name}.pt", "aligned": outdir / "aligned" / f"{item_name}.png"}
+            files = {"grid": out.path(f"{item_name}.png"), "codes": out.path(f"{item_name}.pt"), "aligned": out.path(f"aligned/{item_name}.png")}
             save_png(grid([row]), files["grid"])
             save_png(np.asarray(face), files["aligned"])
             atomic_save({"format": CODES_FORMAT, "kind": translator.kind, "image": str(path), **codes,
@@ -388,11 +412,11 @@ def translate_photos(paths, outdir, translator, *, aligned=False, detector=None,
             log.info("%d/%d %s -> %s", index + 1, len(paths), path, files["grid"])
 
     if rows:
-        summary.grid = outdir / "grid.png"
+        summary.grid = out.path("grid.png")
         save_png(grid(rows), summary.grid)
     settings = {**translator.settings(), "aligned": aligned, **(record or {})}
     if not aligned:
         settings.update(faces="all" if all_faces else "best", min_face_score=min_face_score)
     report = {"settings": settings, "done": summary.done, "skipped": summary.skipped}
-    (outdir / "translate.json").write_text(json.dumps(report, indent=2) + "\n")
+    out.path("translate.json").write_text(json.dumps(report, indent=2) + "\n")
     return summary
