@@ -3,6 +3,8 @@
     python benchmarks/bench_diffae.py                       # Diff-AE FFHQ-256 + CLIP ViT-B/32 (random weights)
     python benchmarks/bench_diffae.py --arch tiny --clip tiny --iters 1   # a quick look at every code path
 
+``benchmarks/bench_ddpm.py`` runs the same rows on the plain DDPM backend.
+
 Each row runs in a fresh subprocess, so its peak resident memory (ru_maxrss)
 is its own (weights included). Rows:
 
@@ -10,9 +12,13 @@ is its own (weights included). Rows:
   ``n_inv_step`` DDIM steps (``InversionCache``), seconds per image;
 * ``finetune``: one Stage-2 step of the training loop on one image (batch 1:
   ``n_train_step`` DDIM steps with gradients, DiffusionCLIP's loss, Adam),
-  as ``train_generator`` logs it, with gradient checkpointing (the default);
-  ``finetune_no_ckpt`` without it; ``finetune_per_step`` the per-step
-  variant (a backward and an optimiser step at every DDIM step);
+  as ``train_generator`` logs it, with ``diffusionclip.checkpoint: auto``
+  (the default; the row says what it chose); ``finetune_ckpt`` with
+  gradient checkpointing, ``finetune_no_ckpt`` without;
+  ``finetune_per_step`` the per-step variant (a backward and an optimiser
+  step at every DDIM step);
+* ``auto_decision``: what ``auto`` chooses at this size on this machine
+  (one measured network call), without a step;
 * ``diffusionclip_cache`` / ``diffusionclip`` / ``diffusionclip_per_step``:
   DiffusionCLIP's inversion, ``clip_finetune`` and ``clip_finetune_eff``
   step written here from its code: its float32 ``denoising_step``
@@ -32,30 +38,39 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import measurements  # benchmarks/measurements.py: the definitions gpu_check.py shares
 
-MEASUREMENTS = ["cache_image", "finetune", "finetune_no_ckpt", "finetune_per_step", "diffusionclip_cache", "diffusionclip", "diffusionclip_per_step"]
-OURS = {"cache_image": "diffusionclip_cache", "finetune": "diffusionclip", "finetune_per_step": "diffusionclip_per_step", "finetune_no_ckpt": "diffusionclip"}
+MEASUREMENTS = [
+    "cache_image", "finetune", "finetune_ckpt", "finetune_no_ckpt", "finetune_per_step", "auto_decision",
+    "diffusionclip_cache", "diffusionclip", "diffusionclip_per_step",
+]  # fmt: skip
+OURS = {
+    "cache_image": "diffusionclip_cache", "finetune": "diffusionclip", "finetune_ckpt": "diffusionclip",
+    "finetune_no_ckpt": "diffusionclip", "finetune_per_step": "diffusionclip_per_step",
+}  # fmt: skip
 
 
 def child(name, args):
     cpu = torch.device("cpu")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-diffae-"))
-    spec = dict(arch=args.arch, clip=args.clip, n_inv_step=args.n_inv_step, n_train_step=args.n_train_step)
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{args.family}-"))
+    arch = measurements.ddpm_architecture(args.arch, args.size) if args.family == "ddpm" else args.arch
+    spec = dict(arch=arch, clip=args.clip, n_inv_step=args.n_inv_step, n_train_step=args.n_train_step, kind=args.family)
     if name == "cache_image":
         return measurements.diffae_cache_times(cpu, tmp, **spec), "s/image"
-    if name.startswith("finetune"):
-        return measurements.diffae_finetune_times(cpu, tmp, args.warmup, args.iters, overrides=OVERRIDES.get(name, ()), **spec), "s/image-step"
-    from ipl.backends.diffae.backend import DiffAEBackend
+    if name.startswith("finetune") or name == "auto_decision":
+        decided = []
+        if name == "auto_decision":
+            return auto_decision(cpu, tmp, spec), "decision"
+        times = measurements.diffae_finetune_times(cpu, tmp, args.warmup, args.iters, overrides=OVERRIDES.get(name, ()), decided=decided, **spec)
+        return times, "s/image-step" + (" (checkpointing)" if decided and decided[0] else " (no checkpointing)")
     from ipl.build import build_clip
 
     config = measurements.diffae_config(cpu, tmp, **spec)
-    backend = DiffAEBackend(config, cpu, progress=False)
+    backend = measurements.diffusion_backend(config, cpu)
     if name == "diffusionclip_cache":
         return diffusionclip_inversion(backend.model, config), "s/image"
     clip_model = build_clip(config.clip, cpu)
@@ -63,9 +78,31 @@ def child(name, args):
 
 
 OVERRIDES = {
-    "finetune_no_ckpt": ["diffusionclip.grad_checkpoint=false"],
+    "finetune_ckpt": ["diffusionclip.checkpoint=true"],
+    "finetune_no_ckpt": ["diffusionclip.checkpoint=false"],
     "finetune_per_step": ["diffusionclip.per_step=true"],
 }
+
+
+def auto_decision(device, tmp, spec):
+    """``[step GiB, chain GiB, state GiB, free GiB, checkpoints (0/1)]`` of ``diffusionclip.checkpoint: auto`` here."""
+    import ipl.backends.diffusionclip as shared
+    from ipl.build import build_clip
+
+    config = measurements.diffae_config(device, tmp, images=1, **spec)
+    backend = measurements.diffusion_backend(config, device)
+    backend.cache = lambda cache_dir: measurements.RandomLatents(backend.model)
+    seen = {}
+    real = shared.needs_checkpointing
+
+    def spy(step_bytes, n_steps, state_bytes, free_bytes, **kw):
+        seen.update(step=step_bytes, n=n_steps, state=state_bytes, free=free_bytes)
+        return real(step_bytes, n_steps, state_bytes, free_bytes, **kw)
+
+    shared.needs_checkpointing = spy
+    adaptation = backend.adaptation(config, build_clip(config.clip, device), None)
+    gib = 2.0**30
+    return [seen["step"] / gib, seen["n"] * seen["step"] / gib, seen["state"] / gib, (seen["free"] or 0) / gib, float(adaptation.checkpoint)]
 
 
 # ---------------------------------------------------------------------------
@@ -79,7 +116,7 @@ def _extract(a, t, shape):
 
 
 def _denoising_step(model, z_sem, xt, t, t_next, b):
-    """DiffusionCLIP's ``denoising_step`` with eta 0 (DDIM), returning (x_next, x0_t)."""
+    """DiffusionCLIP's ``denoising_step`` with eta 0 (DDIM), returning (x_next, x0_t); ``z_sem`` None for a DDPM."""
     et = model.eps(xt, t.long(), z_sem)
     at = _extract((1.0 - b).cumprod(dim=0), t, xt.shape)
     at_next = torch.ones_like(at) if (t_next < 0).all() else _extract((1.0 - b).cumprod(dim=0), t_next, xt.shape)
@@ -89,7 +126,7 @@ def _denoising_step(model, z_sem, xt, t, t_next, b):
 
 @torch.no_grad()
 def diffusionclip_inversion(source, config):
-    """Seconds of DiffusionCLIP's deterministic inversion of one image to x_{t_0} (with Diff-AE's encoder first)."""
+    """Seconds of DiffusionCLIP's deterministic inversion of one image to x_{t_0} (with Diff-AE's encoder first; none for a DDPM)."""
     import numpy as np
 
     from ipl import diffusion
@@ -99,11 +136,11 @@ def diffusionclip_inversion(source, config):
     betas = torch.from_numpy(diffusion.linear_betas(source.T)).float()
     seq = [int(s) for s in np.linspace(0, 1, dc.n_inv_step) * dc.t_0]
     x = torch.rand(1, 3, source.img_size, source.img_size, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    start = time.perf_counter()
-    z_sem = model.encode(x)
+    start = measurements.clock()
+    z_sem = model.condition(x)
     for i, j in zip(([-1] + seq[:-1])[1:], seq[1:]):
         x, _ = _denoising_step(model, z_sem, x, torch.full((1,), float(i)), torch.full((1,), float(j)), betas)
-    return [time.perf_counter() - start]
+    return [measurements.clock() - start]
 
 
 def diffusionclip_steps(source, clip_model, config, *, per_step, warmup, iters):
@@ -122,7 +159,8 @@ def diffusionclip_steps(source, clip_model, config, *, per_step, warmup, iters):
     pairs = list(zip(reversed(seq), reversed([-1] + seq[:-1])))
     s = source.img_size
     g = torch.Generator().manual_seed(1)
-    x0, x_lat, z_sem = torch.rand(1, 3, s, s, generator=g) * 2 - 1, torch.randn(1, 3, s, s, generator=g), torch.randn(1, source.style_ch, generator=g)
+    x0, x_lat = torch.rand(1, 3, s, s, generator=g) * 2 - 1, torch.randn(1, 3, s, s, generator=g)
+    z_sem = torch.randn(1, source.style_ch, generator=g) if hasattr(source, "style_ch") else None
     # Its CLIPLoss computes the text direction once, and encodes both images at every call.
     text_direction = torch.nn.functional.normalize(torch.randn(clip_model.embed_dim, generator=g), dim=0)
 
@@ -136,7 +174,7 @@ def diffusionclip_steps(source, clip_model, config, *, per_step, warmup, iters):
 
     times = []
     for _ in range(warmup + iters):
-        start = time.perf_counter()
+        start = measurements.clock()
         optimizer.zero_grad()
         x = x_lat.clone()
         for i, j in pairs:
@@ -151,25 +189,32 @@ def diffusionclip_steps(source, clip_model, config, *, per_step, warmup, iters):
         if not per_step:
             (dc.clip_loss_w * clip_loss(x)).backward()
             optimizer.step()
-        times.append(time.perf_counter() - start)
+        times.append(measurements.clock() - start)
     return times[warmup:]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="ffhq256", help="Diff-AE architecture (ffhq256, ffhq128, tiny)")
+def main(family="diffae", doc=__doc__, default_arch="ffhq256", arch_help="Diff-AE architecture (ffhq256, ffhq128, tiny)"):
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--arch", default=default_arch, help=arch_help)
+    parser.add_argument("--size", type=int, help="DDPM only: the architecture at this image size (default: its own)")
     parser.add_argument("--clip", default="random:ViT-B/32", help="random:ViT-B/32 or tiny")
     parser.add_argument("--n-inv-step", type=int, default=40)
     parser.add_argument("--n-train-step", type=int, default=6)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--only", default=",".join(MEASUREMENTS))
+    parser.add_argument("--cpu-clock", action="store_true", help="CPU seconds of each row's process (all threads) instead of wall seconds: for a shared machine")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--family", default=family, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.size is not None and args.family != "ddpm":
+        parser.error("--size is for the DDPM benchmark: Diff-AE's sizes are architectures (--arch ffhq128)")
 
     if args.child:
         from ipl.runtime import keep_freed_memory
 
+        if args.cpu_clock:
+            measurements.use_cpu_clock()
         if not args.child.startswith("diffusionclip"):  # theirs runs with glibc's defaults
             keep_freed_memory(default=False)  # as the training scripts run a Diff-IPL run on a CPU
         times, unit = child(args.child, args)
@@ -177,12 +222,16 @@ def main():
         print(json.dumps({"name": args.child, "times": times, "unit": unit, "peak_gib": peak}))
         return
 
-    print(f"# Diff-AE {args.arch}, CLIP {args.clip}, n_inv_step={args.n_inv_step}, n_train_step={args.n_train_step}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, warmup={args.warmup} iters={args.iters}")  # fmt: skip
+    size = f" at {args.size} px" if args.size else ""
+    print(f"# {'Diff-AE' if args.family == 'diffae' else 'DDPM'} {args.arch}{size}, CLIP {args.clip}, n_inv_step={args.n_inv_step}, n_train_step={args.n_train_step}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, warmup={args.warmup} iters={args.iters}, "
+          f"{'CPU seconds of each process (all threads)' if args.cpu_clock else 'wall seconds'}")  # fmt: skip
     results, failed = {}, {}
     for name in [n for n in args.only.split(",") if n]:
-        argv = [sys.executable, __file__, "--child", name, "--arch", args.arch, "--clip", args.clip, "--iters", str(args.iters),
+        argv = [sys.executable, __file__, "--child", name, "--family", args.family, "--arch", args.arch, "--clip", args.clip, "--iters", str(args.iters),
                 "--warmup", str(args.warmup), "--n-inv-step", str(args.n_inv_step), "--n-train-step", str(args.n_train_step)]  # fmt: skip
+        argv += ["--size", str(args.size)] if args.size else []
+        argv += ["--cpu-clock"] if args.cpu_clock else []
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             failed[name] = (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -196,6 +245,11 @@ def main():
             print(f"| {name} | failed: {failed[name]} |")
             continue
         r, ref = results[name], results.get(OURS.get(name, ""))
+        if r["unit"] == "decision":
+            step, chain, state, free, checkpoints = r["times"]
+            print(f"| {name} | {'checkpointing' if checkpoints else 'no checkpointing'}: {chain:.2f} GiB of activations "
+                  f"({step:.2f} GiB a step) + {state:.2f} GiB of optimiser state, {free:.1f} GiB free | | | {r['peak_gib']:.2f} | |")  # fmt: skip
+            continue
         med = statistics.median(r["times"])
         ref_cols = f"{statistics.median(ref['times']):.2f} | {statistics.median(ref['times']) / med:.2f}x" if ref else "- | -"
         print(f"| {name} | {min(r['times']):.2f} | {med:.2f} | {r['unit']} | {r['peak_gib']:.2f} | {ref_cols} |")

@@ -12,10 +12,11 @@ so that a number means the same thing in each of them:
 * a generator forward is one ``no_grad`` call on random W+ codes, per image
   (``bench_generator.py``'s ``forward`` mode; ``train`` and ``wplus`` add a
   backward pass);
-* Diff-IPL: caching an image is encoding it and inverting it to x_{t_0}
-  (``InversionCache``), per image; a fine-tuning step is the training loop's
-  own per-step log on one image (batch 1), with random cached latents
-  (their values do not change the cost).
+* Diff-IPL and the DDPM backend: caching an image is encoding it (Diff-AE)
+  and inverting it to x_{t_0} (``InversionCache``), per image; a
+  fine-tuning step is the training loop's own per-step log on one image
+  (batch 1), with random cached latents (their values do not change the
+  cost).
 
 Weights are random (same cost as trained ones); models are built from a
 config as the training scripts build them, on the device given.
@@ -26,6 +27,22 @@ import time
 from pathlib import Path
 
 import torch
+
+# What the Diff-IPL measurements read: wall time, or with use_cpu_clock() the
+# process's CPU seconds (all threads), which a machine shared with other work
+# disturbs far less than its wall time.
+clock = time.perf_counter
+
+
+def use_cpu_clock():
+    """Time the diffusion rows in CPU seconds of this process: the inversion here, the Stage-2 loop's own log."""
+    import types
+
+    from ipl.stages import stage2
+
+    global clock
+    clock = time.process_time
+    stage2.time = types.SimpleNamespace(time=time.process_time)  # the loop's sec_per_iter
 
 
 def build(device, size=1024, clip="random:ViT-B/32", render_chunk=None, stage2_chunk=None, overrides=()):
@@ -179,10 +196,26 @@ def generator_forward_times(device, spec, batch, warmup, iters):
 # Diff-IPL
 
 
-def diffae_config(device, run_dir, *, arch="ffhq256", clip="random:ViT-B/32", images=2, n_inv_step=40, n_train_step=6, overrides=()):
-    """A random-weights Diff-IPL config on ``images`` noise images written into ``run_dir/images``."""
+def ddpm_architecture(arch="celeba_hq", size=None):
+    """The name of the DDPM architecture ``arch`` at ``size`` px, registered for this process when
+    the size is not its own (the same network at a smaller resolution, for a CPU)."""
+    import dataclasses
+
+    from ipl.backends.ddpm.model import ARCHITECTURES
+
+    if size is None or size == ARCHITECTURES[arch].img_size:
+        return arch
+    name = f"{arch}_{size}px"
+    ARCHITECTURES[name] = dataclasses.replace(ARCHITECTURES[arch], img_size=size)
+    return name
+
+
+def diffae_config(device, run_dir, *, arch="ffhq256", clip="random:ViT-B/32", images=2, n_inv_step=40, n_train_step=6, overrides=(), kind="diffae"):
+    """A random-weights Diff-IPL config (``kind="ddpm"``: a DDPM run, ``arch`` a DDPM architecture)
+    on ``images`` noise images written into ``run_dir/images``."""
     from PIL import Image
 
+    from ipl.backends.ddpm.model import ARCHITECTURES as DDPM_ARCHITECTURES
     from ipl.backends.diffae import ARCHITECTURES
     from ipl.config import load_config
 
@@ -190,13 +223,13 @@ def diffae_config(device, run_dir, *, arch="ffhq256", clip="random:ViT-B/32", im
     folder = run_dir / "images"
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
-    size = ARCHITECTURES[arch].img_size
+    size = (ARCHITECTURES if kind == "diffae" else DDPM_ARCHITECTURES)[arch].img_size
     for i in range(max(images, 2)):
         Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()).save(folder / f"{i:03d}.png")
     return load_config(
         None,
         [
-            f"device={device.type}", "generator.kind=diffae", "generator.checkpoint=random", f"diffae.arch={arch}",
+            f"device={device.type}", f"generator.kind={kind}", "generator.checkpoint=random", f"{kind}.arch={arch}",
             f"clip.model={clip}", f"data.images={folder}", f"data.n_images={max(images, 2)}", f"data.n_train={images}",
             "data.n_test=1", "stage1.batch=2", f"diffusionclip.n_inv_step={n_inv_step}", f"diffusionclip.n_train_step={n_train_step}",
             "stage2.log_every=1", "stage2.checkpoint_every=100000", "stage2.output_interval=100000",
@@ -205,22 +238,28 @@ def diffae_config(device, run_dir, *, arch="ffhq256", clip="random:ViT-B/32", im
     )  # fmt: skip
 
 
+def diffusion_backend(config, device):
+    """The backend of a :func:`diffae_config` config (Diff-AE or DDPM)."""
+    from ipl.build import build_backend
+
+    return build_backend(config, device, progress=False)
+
+
 def diffae_cache_times(device, run_dir, **spec):
     """Seconds to encode one image and invert it to x_{t_0} (``spec``: :func:`diffae_config`'s keywords)."""
-    from ipl.backends.diffae.backend import DiffAEBackend
-
     config = diffae_config(device, run_dir, images=1, **spec)
-    backend = DiffAEBackend(config, device, progress=False)
+    backend = diffusion_backend(config, device)
     cache = backend.cache(Path(run_dir) / "cache")
     synchronize(device)
-    t = time.perf_counter()
+    t = clock()
     cache.inverted(backend.files[:1], config.diffusionclip.t_0, config.diffusionclip.n_inv_step, progress=False)
     synchronize(device)
-    return [time.perf_counter() - t]
+    return [clock() - t]
 
 
 class RandomLatents:
-    """Stands in for the inversion cache: x0, z_sem and x_{t_0} of the right shapes (values do not change the cost)."""
+    """Stands in for the inversion cache: x0, the condition (Diff-AE's z_sem; None for a DDPM) and
+    x_{t_0} of the right shapes (values do not change the cost)."""
 
     def __init__(self, model):
         self.model = model
@@ -228,7 +267,9 @@ class RandomLatents:
     def inverted(self, files, t_0, n_inv_step, progress=True):
         n, s = len(files), self.model.img_size
         g = torch.Generator().manual_seed(1)
-        return torch.rand(n, 3, s, s, generator=g) * 2 - 1, torch.randn(n, self.model.style_ch, generator=g), torch.randn(n, 3, s, s, generator=g)
+        x0 = torch.rand(n, 3, s, s, generator=g) * 2 - 1
+        cond = torch.randn(n, self.model.style_ch, generator=g) if hasattr(self.model, "style_ch") else None
+        return x0, cond, torch.randn(n, 3, s, s, generator=g)
 
 
 class _StepsLogged(Exception):
@@ -236,23 +277,26 @@ class _StepsLogged(Exception):
 
 
 def diffae_finetune_times(device, run_dir, warmup, iters, **spec):
-    """Seconds per fine-tuning image-step of Diff-IPL's Stage 2 (batch 1), from the loop's log.
+    """Seconds per fine-tuning image-step of Diff-IPL's (or the DDPM's) Stage 2 (batch 1), from the loop's log.
 
     The run stops after its last logged step, before the final sample grid
     (``n_test_step`` DDIM steps per image and model) and checkpoint.
+    ``decided`` (a list), when given, receives whether the loop checkpointed.
     """
-    from ipl.backends.diffae.backend import DiffAEBackend
     from ipl.build import build_clip
     from ipl.stages.stage2 import train_generator
 
+    decided = spec.pop("decided", None)
     config = diffae_config(device, run_dir, images=warmup + iters, **spec)
-    backend = DiffAEBackend(config, device, progress=False)
+    backend = diffusion_backend(config, device)
     backend.cache = lambda cache_dir: RandomLatents(backend.model)
     make = backend.adaptation
 
     def adaptation(*args, **kwargs):
         model = make(*args, **kwargs)
         model.sample_rows = lambda: (_ for _ in ()).throw(_StepsLogged())
+        if decided is not None:
+            decided.append(model.checkpoint)
         return model
 
     backend.adaptation = adaptation
