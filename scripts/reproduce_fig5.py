@@ -40,7 +40,7 @@ from ipl.orchestration.fig5 import DOMAINS, Fig5Error, InversionSettings, descri
 from ipl.outputs import OutputError, OutputFolder
 
 TINY = {"images": "assets/demo_images", "n_test": 4, "runs_root": "runs/fig5_tiny", "metrics": "id,clip", "id_net": "clip",
-        "clip_model": "tiny", "invert_gan": "project", "steps": 20, "distance": "mse", "cell": 64}  # fmt: skip
+        "clip_model": "tiny", "invert_gan": "project", "steps": 8, "distance": "mse", "cell": 64}  # fmt: skip
 FULL = {"n_test": 50, "runs_root": "runs/fig5", "metrics": "is,scs,id,clip", "id_net": "arcface", "clip_model": "ViT-B/32",
         "invert_gan": "restyle", "steps": 1000, "distance": "lpips", "cell": 256}  # fmt: skip
 
@@ -61,7 +61,7 @@ def parse_args():
     p.add_argument("--batch", type=cli.int_at_least(1), default=4, help="photos per rendering batch of the table (default 4)")
     p.add_argument("--invert-gan", choices=["restyle", "e4e", "project"], help="StyleGAN2 inversion (default restyle, the paper's; --tiny project)")
     p.add_argument("--encoder", help="ReStyle-e4e / e4e checkpoint (default: the registry's FFHQ file, fetched when missing)")
-    p.add_argument("--steps", type=cli.int_at_least(1), help="projection steps with --invert-gan project (default 1000; --tiny 20)")
+    p.add_argument("--steps", type=cli.int_at_least(1), help="projection steps with --invert-gan project (default 1000; --tiny 8)")
     p.add_argument("--distance", choices=["lpips", "mse"], help="projection distance (default lpips; --tiny mse: no weight file)")
     p.add_argument("--cell", type=cli.int_at_least(16), help="figure cell side in pixels (default 256; --tiny 64)")
     p.add_argument("--weights-dir", help="folder of the metric weight files")

@@ -86,8 +86,10 @@ def references(root):
     refs = root / "refs"
     refs.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    for name, size in (("a.png", 20), ("b.png", 24)):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(refs / name)
+    for name, size in (("a.png", 40), ("b.png", 48)):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        if not (refs / name).exists():  # written once: ranks reading them while another rewrites would race
+            Image.fromarray(pixels).save(refs / name)
     return E.load_references(refs)
 
 

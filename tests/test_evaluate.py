@@ -90,7 +90,7 @@ def adapted_file(tmp_path_factory):
     refs = root / "refs"
     refs.mkdir()
     rng = np.random.default_rng(0)
-    for name, size in (("b.png", 20), ("a.png", 24), ("c.jpg", 18)):  # R1..R3 in name order: a, b, c
+    for name, size in (("b.png", 40), ("a.png", 48), ("c.jpg", 36)):  # R1..R3 in name order: a, b, c
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(refs / name)
     return {"path": path, "source": source, "adapted": adapted, "refs": refs}
 

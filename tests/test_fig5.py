@@ -218,5 +218,5 @@ def test_tiny_reproduction_writes_both_figures_and_the_table_then_reuses_everyth
 
     assert fig5.train_runs(runs, device="cpu", adapt=refuse) == {}
     monkeypatch.setattr(fig5, "build_column_translator", refuse)
-    inversion = fig5.InversionSettings(gan="project", steps=20, distance="mse")
+    inversion = fig5.InversionSettings(gan="project", steps=8, distance="mse")
     assert fig5.cache_inversions(runs, split, out, device="cpu", inversion=inversion) == {}

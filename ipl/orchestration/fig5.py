@@ -84,7 +84,7 @@ DOMAINS = {"wall_painting": "Photo→Wall painting", "elf": "Human→Tolkien elf
 # minutes on a CPU. The prompts (labels, ctx_init) still come from the
 # domain's full config.
 TINY_OVERRIDES = {
-    "gan": ("stage1.iterations=10", "stage1.checkpoint_every=10", "stage1.log_every=5", "stage2.iterations=4",
+    "gan": ("stage1.iterations=10", "stage1.batch=8", "stage1.checkpoint_every=10", "stage1.log_every=5", "stage2.iterations=4",
             "stage2.output_interval=4", "stage2.checkpoint_every=4", "stage2.log_every=2", "stage2.auto_layer_batch=4",
             "stage2.n_sample=4"),
     "ddpm": ("stage1.iterations=10", "stage1.checkpoint_every=10", "stage1.log_every=5", "stage1.batch=4", "data.n_images=4",
