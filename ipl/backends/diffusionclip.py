@@ -231,6 +231,73 @@ def clip_features(clip_model, images, chunk=8, antialias=False):
     return torch.cat([clip_model.encode_images(part.to(device), antialias=antialias).cpu() for part in images.split(chunk)])
 
 
+class DiffusionBackend:
+    """A pretrained (or seeded random) diffusion model and a folder of real images, as the stages see it.
+
+    What the two diffusion families share; each subclass names its ``kind``
+    and ``adapted_file`` and says how its source model is loaded
+    (:meth:`load_source`), what the mapper reads of an image (:meth:`codes`,
+    of width :meth:`code_width`) and how a fine-tuned model is saved
+    (:meth:`save_model`).
+
+    Args:
+        config: The run's :class:`ipl.config.Config` (``generator``, the
+            family's section, ``data``, ``diffusionclip``).
+        device: Where the models run.
+    """
+
+    kind = ""
+    adapted_file = ""
+
+    def __init__(self, config, device, progress=True):
+        self.device = torch.device(device)
+        # The data first: a missing folder stops the run before any download.
+        self.files = training_images(config.data.images, config.data.n_images)
+        self.test_files = training_images(config.data.test_images, config.data.n_test, "data.test_images") if config.data.test_images else []
+        self.model, self.fingerprint = self.load_source(config, self.device, progress)
+        self.code_dim = self.code_width(config)
+        self.progress = progress
+        t_0 = config.diffusionclip.t_0
+        if t_0 >= self.model.T:
+            from ..config import ConfigError
+
+            raise ConfigError(f"diffusionclip.t_0: {t_0} must be below the model's T = {self.model.T}")
+
+    def load_source(self, config, device, progress):
+        """The frozen source model and its fingerprint (what identifies its weights)."""
+        raise NotImplementedError
+
+    def code_width(self, config):
+        """Width of the codes the mapper reads."""
+        raise NotImplementedError
+
+    def codes(self, x0, cond, features):
+        """What the mapper reads of images x0 ``(N, 3, S, S)``, given their condition (or None) and CLIP features ``(N, D)``."""
+        raise NotImplementedError
+
+    def describe_codes(self):
+        return f"codes={self.code_dim}"
+
+    def describe(self):
+        m = self.model
+        return f"img_size={m.img_size}, {self.describe_codes()}, T={m.T}, images={len(self.files)}"
+
+    def cache(self, cache_dir):
+        return InversionCache(self.model, self.fingerprint, Path(cache_dir) / self.kind)
+
+    def stage1_pairs(self, config, clip_model, cache_dir, progress=True):
+        x0, cond = self.cache(cache_dir).encoded(self.files, progress=progress)
+        features = clip_features(clip_model, x0, antialias=config.clip.antialias)
+        return ImagePairs(self.codes(x0, cond, features), features, config.stage1.batch, config.stage1.seed)
+
+    def source_features(self, config, clip_model, n):
+        """CLIP features ``(n, D)`` of n source images (NADA's image direction): the first n training images."""
+        return source_image_features(self, config, clip_model, n)
+
+    def adaptation(self, config, clip_model, constants):
+        return DiffusionCLIPAdaptation(self, config, clip_model)
+
+
 def source_image_features(backend, config, clip_model, n):
     """CLIP features ``(n, D)`` of the first ``n`` training images: a diffusion run's source images are real ones."""
     from ..config import resolve
@@ -381,7 +448,7 @@ class DiffusionCLIPAdaptation:
         self.steps_per_epoch = config.data.n_train
         files = backend.files[: self.steps_per_epoch * dc.batch]
         x0, cond, x_t = cache.inverted(files, dc.t_0, dc.n_inv_step, progress=backend.progress)
-        codes = backend.codes(x0, cond, clip_model, config.clip.antialias)
+        codes = backend.codes(x0, cond, clip_features(clip_model, x0, antialias=config.clip.antialias))
         self.data = {"x0": x0.to(self.device), "x_t": x_t.to(self.device)}
         if cond is not None:
             self.data["cond"] = cond.to(self.device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ...method.losses import normalize
-from ..diffusionclip import DiffusionCLIPAdaptation, ImagePairs, InversionCache, clip_features, source_image_features, training_images
+from ..diffusionclip import DiffusionBackend
 from .checkpoint import build_ddpm, load_ddpm, save_ddpm
 
 # Widths of the image features of the CLIP models (the codes the mapper reads):
@@ -67,54 +67,25 @@ def load_source_ddpm(gcfg, dcfg, device, progress=True):
     return model.eval().requires_grad_(False), model_fingerprint(gcfg, dcfg, model)
 
 
-class DDPMBackend:
-    """A pretrained (or seeded random) DDPM and a folder of real images.
-
-    Args:
-        config: The run's :class:`ipl.config.Config` (``generator``, ``ddpm``,
-            ``data``, ``diffusionclip``, ``clip.model`` for the codes' width).
-        device: Where the models run.
-    """
+class DDPMBackend(DiffusionBackend):
+    """A pretrained (or seeded random) DDPM and a folder of real images; the mapper reads each image's
+    normalised CLIP image feature (a DDPM has no semantic code; ``clip.model`` sets the width)."""
 
     kind = "ddpm"
     adapted_file = "ddpm.pt"
 
-    def __init__(self, config, device, progress=True):
-        from ...config import ConfigError
+    def load_source(self, config, device, progress):
+        return load_source_ddpm(config.generator, config.ddpm, device, progress)
 
-        self.device = torch.device(device)
-        self.code_dim = clip_embed_dim(config.clip.model)
-        # The data first: a missing folder stops the run before any download.
-        self.files = training_images(config.data.images, config.data.n_images)
-        self.test_files = training_images(config.data.test_images, config.data.n_test, "data.test_images") if config.data.test_images else []
-        self.model, self.fingerprint = load_source_ddpm(config.generator, config.ddpm, self.device, progress)
-        self.progress = progress
-        t_0 = config.diffusionclip.t_0
-        if t_0 >= self.model.T:
-            raise ConfigError(f"diffusionclip.t_0: {t_0} must be below the model's T = {self.model.T}")
+    def code_width(self, config):
+        return clip_embed_dim(config.clip.model)
 
-    def describe(self):
-        m = self.model
-        return f"img_size={m.img_size}, codes=CLIP image features ({self.code_dim}), T={m.T}, images={len(self.files)}"
-
-    def cache(self, cache_dir):
-        return InversionCache(self.model, self.fingerprint, Path(cache_dir) / "ddpm")
-
-    def codes(self, x0, cond, clip_model, antialias):
+    def codes(self, x0, cond, features):
         """What the mapper reads of images x0: their normalised CLIP image features ``(N, D)``."""
-        return normalize(clip_features(clip_model, x0, antialias=antialias))
+        return normalize(features)
 
-    def stage1_pairs(self, config, clip_model, cache_dir, progress=True):
-        x0, _ = self.cache(cache_dir).encoded(self.files, progress=progress)
-        features = clip_features(clip_model, x0, antialias=config.clip.antialias)
-        return ImagePairs(normalize(features), features, config.stage1.batch, config.stage1.seed)
-
-    def source_features(self, config, clip_model, n):
-        """CLIP features ``(n, D)`` of n source images (NADA's image direction): the first n training images."""
-        return source_image_features(self, config, clip_model, n)
-
-    def adaptation(self, config, clip_model, constants):
-        return DiffusionCLIPAdaptation(self, config, clip_model)
+    def describe_codes(self):
+        return f"codes=CLIP image features ({self.code_dim})"
 
     @staticmethod
     def save_model(path, model, **extra):

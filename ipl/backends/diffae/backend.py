@@ -22,12 +22,12 @@ IPL's image-specific ones:
 """
 
 import json
-from pathlib import Path
 
 import torch
 
 from ..diffusionclip import (  # noqa: F401  (the shared fine-tuning, under the names this module had)
     CACHE_FORMAT,
+    DiffusionBackend,
     DiffusionCLIPAdaptation,
     ImagePairs,
     InversionCache,
@@ -62,54 +62,24 @@ def load_source_autoencoder(gcfg, dcfg, device, progress=True):
     return model.eval().requires_grad_(False), model_fingerprint(gcfg, dcfg, model)
 
 
-class DiffAEBackend:
-    """A pretrained (or seeded random) diffusion autoencoder and a folder of real images.
-
-    Args:
-        config: The run's :class:`ipl.config.Config` (``generator``, ``diffae``,
-            ``data``, ``diffusionclip``).
-        device: Where the models run.
-    """
+class DiffAEBackend(DiffusionBackend):
+    """A pretrained (or seeded random) diffusion autoencoder and a folder of real images; the mapper reads z_sem."""
 
     kind = "diffae"
     adapted_file = "autoencoder.pt"
 
-    def __init__(self, config, device, progress=True):
-        self.device = torch.device(device)
-        # The data first: a missing folder stops the run before any download.
-        self.files = training_images(config.data.images, config.data.n_images)
-        self.test_files = training_images(config.data.test_images, config.data.n_test, "data.test_images") if config.data.test_images else []
-        self.model, self.fingerprint = load_source_autoencoder(config.generator, config.diffae, self.device, progress)
-        self.code_dim = self.model.style_ch
-        self.progress = progress
-        t_0 = config.diffusionclip.t_0
-        if t_0 >= self.model.T:
-            from ...config import ConfigError
+    def load_source(self, config, device, progress):
+        return load_source_autoencoder(config.generator, config.diffae, device, progress)
 
-            raise ConfigError(f"diffusionclip.t_0: {t_0} must be below the model's T = {self.model.T}")
+    def code_width(self, config):
+        return self.model.style_ch
 
-    def describe(self):
-        m = self.model
-        return f"img_size={m.img_size}, z_sem={m.style_ch}, T={m.T}, images={len(self.files)}"
-
-    def cache(self, cache_dir):
-        return InversionCache(self.model, self.fingerprint, Path(cache_dir) / "diffae")
-
-    def codes(self, x0, cond, clip_model, antialias):
+    def codes(self, x0, cond, features):
         """What the mapper reads of images x0: their z_sem (the condition the cache holds)."""
         return cond
 
-    def stage1_pairs(self, config, clip_model, cache_dir, progress=True):
-        x0, z_sem = self.cache(cache_dir).encoded(self.files, progress=progress)
-        features = clip_features(clip_model, x0, antialias=config.clip.antialias)
-        return ImagePairs(self.codes(x0, z_sem, clip_model, config.clip.antialias), features, config.stage1.batch, config.stage1.seed)
-
-    def source_features(self, config, clip_model, n):
-        """CLIP features ``(n, D)`` of n source images (NADA's image direction): the first n training images."""
-        return source_image_features(self, config, clip_model, n)
-
-    def adaptation(self, config, clip_model, constants):
-        return DiffAEAdaptation(self, config, clip_model)
+    def describe_codes(self):
+        return f"z_sem={self.model.style_ch}"
 
     @staticmethod
     def save_model(path, model, **extra):
