@@ -313,3 +313,14 @@ class Session:
             else:
                 train_mapper(config, self.backend, self.clip, self.run_dir, self.device, resume=resume, progress=self.progress, run_target=self.target)
         return self._train_stage2(mapper, resume)
+
+
+def adapt_run(config, device, progress=True):
+    """Stage 1 then Stage 2 of ``config`` on ``device``, resuming a partial run; returns the adapted
+    model's path and frees the models (the reproduction runners train many runs in one process)."""
+    import torch
+
+    path = Session(config, device=str(device), progress=progress).adapt(resume=True)
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return path

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from .evaluation.checkpoint import RECORD_FORMAT, evaluate_checkpoint
 from .evaluation.report import _fmt, write_record
@@ -332,14 +331,9 @@ def run_table1(runs, *, device, load_networks, runs_root, progress=True, adapt=N
     from .config import load_config
 
     def default_adapt(config):
-        from .pipeline import Session
+        from .pipeline import adapt_run
 
-        session = Session(config, device=str(device), progress=progress)
-        path = session.adapt(resume=True)
-        del session
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
-        return path
+        return adapt_run(config, device, progress)
 
     configs = {run.name: load_config(run.config_path, run.overrides) for run in runs}
     if adapt is None and world.active:

@@ -94,33 +94,25 @@ def run_settings(checkpoint_path):
     return config if isinstance(config, dict) else None
 
 
-def _diffae_models(adapted_path, run, source, device, progress):
-    from .diffae.backend import load_source_autoencoder
-    from .diffae.checkpoint import load_autoencoder
+def _models(adapted_path, run, source, device, progress):
+    """The source and the adapted model of a diffusion run of ``run.generator.kind``."""
+    if run.generator.kind == "diffae":
+        from .diffae.backend import load_source_autoencoder as load_source
+        from .diffae.checkpoint import load_autoencoder as load
 
-    cpu = torch.device(device).type == "cpu"
-    adapted = load_autoencoder(adapted_path, device).use_channels_last(cpu)
-    if source == "recorded":
-        source_model, _ = load_source_autoencoder(run.generator, run.diffae, device, progress)
+        section = run.diffae
     else:
-        source_model = load_autoencoder(source, device, download=True, progress=progress).use_channels_last(cpu)
-    return source_model, adapted
+        from .ddpm.backend import load_source_ddpm as load_source
+        from .ddpm.checkpoint import load_ddpm as load
 
-
-def _ddpm_models(adapted_path, run, source, device, progress):
-    from .ddpm.backend import load_source_ddpm
-    from .ddpm.checkpoint import load_ddpm
-
+        section = run.ddpm
     cpu = torch.device(device).type == "cpu"
-    adapted = load_ddpm(adapted_path, device).use_channels_last(cpu)
+    adapted = load(adapted_path, device).use_channels_last(cpu)
     if source == "recorded":
-        source_model, _ = load_source_ddpm(run.generator, run.ddpm, device, progress)
+        source_model, _ = load_source(run.generator, section, device, progress)
     else:
-        source_model = load_ddpm(source, device, download=True, progress=progress).use_channels_last(cpu)
+        source_model = load(source, device, download=True, progress=progress).use_channels_last(cpu)
     return source_model, adapted
-
-
-_MODELS = {"diffae": _diffae_models, "ddpm": _ddpm_models}
 
 
 def load_editor(adapted_path, device, *, source="recorded", ratio=1.0, progress=True):
@@ -141,7 +133,7 @@ def load_editor(adapted_path, device, *, source="recorded", ratio=1.0, progress=
     from . import checkpoint_kind
 
     kind = checkpoint_kind(adapted_path)
-    if kind not in _MODELS:
+    if kind not in RUN_NAMES:
         raise CheckpointError(f"{adapted_path} is a {kind} model, not a fine-tuned diffusion model ({' or '.join(RUN_NAMES.values())})")
     config = run_settings(adapted_path)
     if config is None:
@@ -150,6 +142,6 @@ def load_editor(adapted_path, device, *, source="recorded", ratio=1.0, progress=
         run = from_dict(config)
     except ConfigError as e:
         raise CheckpointError(f"{adapted_path}: its run config cannot be read ({e})") from None
-    source_model, adapted = _MODELS[kind](adapted_path, run, source, device, progress)
+    source_model, adapted = _models(adapted_path, run, source, device, progress)
     dc = run.diffusionclip
     return Editor(source_model, adapted, t_0=dc.t_0, n_inv_step=dc.n_inv_step, n_test_step=dc.n_test_step, eta=dc.eta, ratio=ratio), run

@@ -288,14 +288,9 @@ def train_runs(runs, *, device, world=SINGLE, progress=True, adapt=None):
     """
 
     def default_adapt(config):
-        from ..pipeline import Session
+        from ..pipeline import adapt_run
 
-        session = Session(config, device=str(device), progress=progress)
-        path = session.adapt(resume=True)
-        del session
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
-        return path
+        return adapt_run(config, device, progress)
 
     adapt = adapt or default_adapt
     configs = {run.name: run.config() for run in runs}
