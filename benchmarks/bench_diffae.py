@@ -65,7 +65,8 @@ def child(name, args):
         decided = []
         if name == "auto_decision":
             return auto_decision(cpu, tmp, spec), "decision"
-        times = measurements.diffae_finetune_times(cpu, tmp, args.warmup, args.iters, overrides=OVERRIDES.get(name, ()), decided=decided, **spec)
+        overrides = [*OVERRIDES.get(name, ()), f"prompt.scheme={args.scheme}"]
+        times = measurements.diffae_finetune_times(cpu, tmp, args.warmup, args.iters, overrides=overrides, decided=decided, **spec)
         return times, "s/image-step" + (" (checkpointing)" if decided and decided[0] else " (no checkpointing)")
     from ipl.build import build_clip
 
@@ -201,6 +202,11 @@ def main(family="diffae", doc=__doc__, default_arch="ffhq256", arch_help="Diff-A
     parser.add_argument("--n-inv-step", type=int, default=40)
     parser.add_argument("--n-train-step", type=int, default=6)
     parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument(
+        "--scheme", default="random", choices=["random", "manual"],
+        help="our rows' prompt scheme: random (IPL's cost: a direction per image through CLIP's text encoder, each step) "
+        "or manual (one fixed direction, as DiffusionCLIP's rows)",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--only", default=",".join(MEASUREMENTS))
     parser.add_argument("--cpu-clock", action="store_true", help="CPU seconds of each row's process (all threads) instead of wall seconds: for a shared machine")
@@ -224,7 +230,7 @@ def main(family="diffae", doc=__doc__, default_arch="ffhq256", arch_help="Diff-A
 
     size = f" at {args.size} px" if args.size else ""
     print(f"# {'Diff-AE' if args.family == 'diffae' else 'DDPM'} {args.arch}{size}, CLIP {args.clip}, n_inv_step={args.n_inv_step}, n_train_step={args.n_train_step}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, warmup={args.warmup} iters={args.iters}, "
+          f"our scheme {args.scheme}, torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, warmup={args.warmup} iters={args.iters}, "
           f"{'CPU seconds of each process (all threads)' if args.cpu_clock else 'wall seconds'}")  # fmt: skip
     results, failed = {}, {}
     for name in [n for n in args.only.split(",") if n]:
@@ -232,6 +238,7 @@ def main(family="diffae", doc=__doc__, default_arch="ffhq256", arch_help="Diff-A
                 "--warmup", str(args.warmup), "--n-inv-step", str(args.n_inv_step), "--n-train-step", str(args.n_train_step)]  # fmt: skip
         argv += ["--size", str(args.size)] if args.size else []
         argv += ["--cpu-clock"] if args.cpu_clock else []
+        argv += ["--scheme", args.scheme]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             failed[name] = (done.stderr.strip().splitlines() or ["?"])[-1]
