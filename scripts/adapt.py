@@ -1,4 +1,4 @@
-"""Adapt a pretrained StyleGAN2 to a target domain: Stage 1 then Stage 2, one run directory.
+"""Adapt a pretrained model (StyleGAN2, Diff-AE or DDPM) to a target domain: Stage 1 then Stage 2, one run directory.
 
     python scripts/adapt.py --config configs/ffhq_elf.yaml
     python scripts/adapt.py --config configs/tiny.yaml          # offline demo, ~1 min on a CPU
@@ -20,7 +20,7 @@ def main():
     check_run_dir(config, "adapt", resume=not args.restart, restart=args.restart)  # before any model is loaded
     session = Session(config, progress=not args.no_progress)
     path = session.adapt(resume=not args.restart)
-    print(f"adapted generator: {path}")
+    print(f"adapted model: {path}")
     print(f"samples: {session.run_dir / 'samples'}")
 
 
