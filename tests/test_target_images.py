@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import Tiny, synthetic_photos, tiny_config, tiny_diffae_config
+from helpers import Tiny, synthetic_photos, tiny_config, tiny_ddpm_config, tiny_diffae_config
 from PIL import Image
 
 import ipl.backends.stylegan2.backend as sg2_backend
@@ -199,11 +199,12 @@ def test_a_diffusion_run_starts_nadas_direction_at_its_first_training_photos(tmp
 SHORT = {
     "stylegan2": (tiny_config, ["stage1.iterations=2", "stage1.checkpoint_every=1", "stage2.iterations=2", "stage2.n_sample=1"]),
     "diffae": (tiny_diffae_config, ["stage1.iterations=2", "data.n_train=2", "data.n_test=1", "diffusionclip.epochs=1", "prompt.img2img_batch=4"]),
+    "ddpm": (tiny_ddpm_config, ["stage1.iterations=2", "data.n_train=2", "data.n_test=1", "diffusionclip.epochs=1", "prompt.img2img_batch=4"]),
 }
 
 
 @pytest.mark.parametrize("scheme", ["adaptive", "manual", "learned_fixed", "random"])
-@pytest.mark.parametrize("kind", ["stylegan2", "diffae"])
+@pytest.mark.parametrize("kind", ["stylegan2", "diffae", "ddpm"])
 def test_an_image_target_runs_end_to_end_for_every_scheme_and_backend(tmp_path, style, kind, scheme):
     make, short = SHORT[kind]
     config = make(tmp_path, f"prompt.target_images={style}", f"prompt.scheme={scheme}", "prompt.word_steps=3", *short)
