@@ -21,10 +21,13 @@ def main():
     parser.add_argument("input", help="NVIDIA network pickle (.pkl)")
     parser.add_argument("output", help="checkpoint to write (.pt)")
     parser.add_argument("--network", default="G_ema", help="entry of the pickle to convert (default: G_ema)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
     args = parser.parse_args()
     cli.check_output_file(parser, args.output, "output")
     if Path(args.output).resolve() == Path(args.input).resolve():
         parser.error("the output would overwrite the input pickle; give another file name (e.g. ffhq.pt)")
+    if Path(args.output).exists() and not args.force:
+        parser.error(f"output {args.output} exists (a checkpoint, perhaps a run's); give another file name, or --force to replace it")
     if not args.network.strip():
         parser.error("--network must name an entry of the pickle (G_ema, G)")
 

@@ -394,6 +394,7 @@ CASES = {
     "convert-network-missing": (S + "convert_nvidia_pkl.py", lambda f: [f.plain_pkl, f.root / "out.pt"], "no 'G_ema' network"),
     "convert-output-is-a-folder": (S + "convert_nvidia_pkl.py", lambda f: [f.plain_pkl, f.folder], "output"),
     "convert-output-is-the-input": (S + "convert_nvidia_pkl.py", lambda f: [f.plain_pkl, f.plain_pkl], "would overwrite the input"),
+    "convert-output-is-a-run-checkpoint": (S + "convert_nvidia_pkl.py", lambda f: [f.plain_pkl, f.finished / "generator.pt"], ["exists", "--force"]),
     # --- benchmarks/gpu_check.py --------------------------------------------
     "gpu-check-unknown-section": ("benchmarks/gpu_check.py", lambda f: ["--only", "opz", "--out", f.root / "g"], "unknown section(s)"),
     "gpu-check-device-cuda": ("benchmarks/gpu_check.py", lambda f: ["--device", "cuda", "--out", f.root / "g"], "torch sees no CUDA device"),
