@@ -240,7 +240,7 @@ def test_train_runs_a_tiny_run_to_the_end_stops_resumes_and_lists_it(client, run
     assert text.startswith("trained finished"), log
     last = read_png(Path(run_dir) / "samples" / "step_000004.png")  # TINY_OVERRIDES: 4 Stage-2 steps
     assert fraction == 1.0 and np.array_equal(shown(sample, last.shape[0]), last)
-    # It is offered in the other tabs: this session's lists now hold it, and it samples.
+    # It is offered in the other tabs: the page's lists now hold it, and it samples.
     new = "trained (stylegan2, IPL: human -> werewolf)"
     assert new in [run.label for run in find_runs(runs)]
     client.predict(api_name="/runs")
