@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .model import Generator, reference_channels
-from .utils import atomic_save, check_plain, refused_global, safe_globals, torch_file_problem, unwrap_module
+from .utils import atomic_save, check_extra, check_plain, refused_global, safe_globals, torch_file_problem, unwrap_module
 
 CHECKPOINT_FORMAT = 1
 RESERVED_KEYS = ("format", "generator", "g_ema", "latent_avg", "meta")
@@ -70,15 +70,11 @@ def save_generator(path, generator, latent_avg=None, meta=None, **extra):
     generator = unwrap_module(generator)
     if not isinstance(generator, Generator):
         raise TypeError(f"save_generator: expected a stylegan2 Generator, got {type(generator).__name__}")
-    clash = sorted(set(extra) & set(RESERVED_KEYS))
-    if clash:
-        raise ValueError(f"save_generator: extra keys {clash} are reserved; pass them through the named arguments")
     if latent_avg is not None:
         latent_avg = latent_avg.detach().to("cpu", torch.float32)
     meta = dict(meta or {})
     check_plain(meta, "meta", "save_generator")
-    for key, value in extra.items():
-        check_plain(value, key, "save_generator")
+    check_extra(extra, RESERVED_KEYS, "save_generator", "; pass them through the named arguments")
 
     checkpoint = {
         "format": CHECKPOINT_FORMAT,

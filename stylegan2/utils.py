@@ -152,6 +152,16 @@ def unwrap_module(module):
             return module
 
 
+def check_extra(extra, reserved, writer, hint=""):
+    """Raise unless the extra top-level entries of a checkpoint avoid its ``reserved`` keys
+    (``ValueError``) and are plain data (``TypeError``, see :func:`check_plain`)."""
+    clash = sorted(set(extra) & set(reserved))
+    if clash:
+        raise ValueError(f"{writer}: extra keys {clash} are reserved{hint}")
+    for key, value in extra.items():
+        check_plain(value, key, writer)
+
+
 def check_plain(value, where, writer):
     """Raise ``TypeError`` unless ``value`` loads under ``weights_only=True`` (``writer`` names the caller)."""
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):

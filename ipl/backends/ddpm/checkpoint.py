@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from stylegan2.checkpoint import CheckpointError, read_checkpoint
-from stylegan2.utils import atomic_save, check_plain, unwrap_module
+from stylegan2.utils import atomic_save, check_extra, unwrap_module
 
 from . import pretrained
 from .model import DEFAULT_T, DDPM, Architecture, get_architecture
@@ -149,11 +149,7 @@ def save_ddpm(path, model, **extra):
     model = unwrap_module(model)
     if not isinstance(model, DDPM):
         raise TypeError(f"save_ddpm: expected a DDPM, got {type(model).__name__}")
-    clash = sorted(set(extra) & set(RESERVED_KEYS))
-    if clash:
-        raise ValueError(f"save_ddpm: extra keys {clash} are reserved")
-    for key, value in extra.items():
-        check_plain(value, key, "save_ddpm")
+    check_extra(extra, RESERVED_KEYS, "save_ddpm")
     checkpoint = {
         "format": FORMAT,
         "kind": "ddpm",

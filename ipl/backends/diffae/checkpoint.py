@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ipl.safe_load import SafeLoadError, is_placeholder, load_untrusted
-from stylegan2.utils import atomic_save, check_plain, unwrap_module
+from stylegan2.utils import atomic_save, check_extra, unwrap_module
 
 from . import pretrained
 from .autoencoder import DEFAULT_BETA_SCHEDULE, DEFAULT_T, DEFAULT_T_EVAL, DiffusionAutoencoder
@@ -197,11 +197,7 @@ def save_autoencoder(path, model, **extra):
     model = unwrap_module(model)
     if not isinstance(model, DiffusionAutoencoder):
         raise TypeError(f"save_autoencoder: expected a DiffusionAutoencoder, got {type(model).__name__}")
-    clash = sorted(set(extra) & set(RESERVED_KEYS))
-    if clash:
-        raise ValueError(f"save_autoencoder: extra keys {clash} are reserved")
-    for key, value in extra.items():
-        check_plain(value, key, "save_autoencoder")
+    check_extra(extra, RESERVED_KEYS, "save_autoencoder")
     checkpoint = {
         "format": FORMAT,
         "hyper_parameters": model.hyper_parameters,
